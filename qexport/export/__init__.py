@@ -1,0 +1,1 @@
+"""Export: checkpoint -> ONNX artifact folder (torch is not needed here)."""

@@ -1,0 +1,159 @@
+"""`export_onnx`: MODEL -> artifact folder. The one entry point the CLI calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx_ir as ir
+
+from ..manifest import PRECISIONS, Manifest, TensorSpec
+from . import random_models
+from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
+from .families import FAMILIES
+from .graph import OPSET, GraphBuilder
+from .heads import pool_and_normalize
+from .source import ModelSource, resolve
+from .tokenizer_files import build_byte_tokenizer, copy_tokenizer
+
+log = logging.getLogger("qexport")
+
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class ExportOptions:
+    precision: str = "fp32"
+    max_length: int | None = None
+    token_embeddings: bool = False
+    tokenizer: str | Path | None = None
+    revision: str | None = None
+    overwrite: bool = False
+    layers: int | None = None  # truncate the decoder (tests and layer-wise checks)
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _step(opts: ExportOptions, name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    took = time.perf_counter() - start
+    opts.timings[name] = round(took, 3)
+    if opts.progress:
+        log.info("%-14s %6.1f s", name, took)
+
+
+def build_model(
+    src: ModelSource, opts: ExportOptions, max_length: int
+) -> tuple[ir.Model, int, int]:
+    """Emit the graph for a resolved source; returns (model, weight bytes, hidden size)."""
+    builder_cls = FAMILIES[src.family]
+    compute = opts.precision if opts.precision in FLOAT_PRECISIONS else "fp32"
+    builder = builder_cls(src.config, src.weights, compute, max_length, layers=opts.layers)
+    g = GraphBuilder(name=f"qexport_{src.family}")
+    seq = ("batch", "sequence")
+    inputs = {name: g.input(name, ir.DataType.INT64, seq) for name in builder.input_names}
+    hidden = builder.build(g, *inputs.values())
+    mask = inputs["attention_mask"]
+    emb = pool_and_normalize(g, hidden, mask, src.head.pooling, src.head.normalize)
+    g.output(emb, "sentence_embedding", ["batch", builder.hidden_size])
+    if opts.token_embeddings:
+        m = g.op("Unsqueeze", g.cast(mask, ir.DataType.FLOAT), g.i64([-1]))
+        g.output(
+            g.op("Mul", hidden, m), "token_embeddings", ["batch", "sequence", builder.hidden_size]
+        )
+    return (
+        g.build(doc=f"qexport {src.spec} ({opts.precision})"),
+        g.weight_bytes,
+        builder.hidden_size,
+    )
+
+
+def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) -> Manifest:
+    opts = opts or ExportOptions()
+    if opts.precision not in PRECISIONS:
+        raise ValueError(
+            f"unknown precision {opts.precision!r}; choose from {', '.join(PRECISIONS)}"
+        )
+    if opts.precision not in FLOAT_PRECISIONS:
+        raise NotImplementedError(f"precision {opts.precision!r} is not implemented yet")
+    out = Path(out)
+    check_output(out, opts.overwrite)
+    with _step(opts, "resolve"):
+        src = resolve(model, tokenizer=opts.tokenizer, revision=opts.revision)
+    model_max = int(src.config.get("max_position_embeddings", 512))
+    if src.head.max_seq_length:
+        model_max = min(model_max, int(src.head.max_seq_length))
+    max_length = opts.max_length or model_max
+    if max_length < 2:
+        raise ValueError(f"--max-length must be at least 2, got {max_length}")
+    if max_length > int(src.config.get("max_position_embeddings", max_length)):
+        raise ValueError(
+            f"--max-length {max_length} exceeds the model's max_position_embeddings "
+            f"{src.config.get('max_position_embeddings')}"
+        )
+    with staging(out, opts.overwrite) as tmp:
+        with _step(opts, "build graph"):
+            graph, weight_bytes, hidden = build_model(src, opts, max_length)
+        with _step(opts, "write weights"):
+            save_graph(graph, tmp, weight_bytes)
+        with _step(opts, "tokenizer"):
+            if src.tokenizer_dir is None:
+                build_byte_tokenizer(tmp, max_length)
+            else:
+                copy_tokenizer(src.tokenizer_dir, tmp)
+        manifest = _manifest(src, opts, graph, hidden, max_length)
+        finish_manifest(manifest, tmp)
+    return manifest
+
+
+def _manifest(
+    src: ModelSource, opts: ExportOptions, graph: ir.Model, hidden: int, max_length: int
+) -> Manifest:
+    arch = {"family": src.family, "model_type": src.config.get("model_type")}
+    for key in (
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+    ):
+        if key in src.config:
+            arch[key] = src.config[key]
+    if opts.layers is not None:
+        arch["layers_exported"] = opts.layers
+    dims = random_models.allowed_dims(hidden) if src.family == "qwen3" else [hidden]
+
+    def spec(v: ir.Value) -> TensorSpec:
+        dtype = {ir.DataType.INT64: "int64", ir.DataType.FLOAT: "float32"}[v.dtype]  # type: ignore[index]
+        return TensorSpec(
+            v.name or "", dtype, [d if isinstance(d, int) else str(d) for d in v.shape or []]
+        )
+
+    return Manifest(
+        source={"model": src.spec, "kind": src.kind, "revision": src.revision, "seed": src.seed},
+        architecture=arch,
+        pooling=src.head.pooling,
+        normalize=src.head.normalize,
+        embedding_dim=hidden,
+        allowed_dims=dims,
+        max_length=max_length,
+        precision=opts.precision,
+        opset={"": OPSET, "com.microsoft": 1},
+        inputs=[spec(v) for v in graph.graph.inputs],
+        outputs=[spec(v) for v in graph.graph.outputs],
+        tokenizer={"file": "tokenizer.json", "padding_side": "right"},
+        prompts=dict(src.head.prompts),
+        instruction_template=src.head.instruction_template,
+        default_instruction=src.head.default_instruction,
+        similarity=src.head.similarity,
+        versions=library_versions(),
+        timings_s=dict(opts.timings),
+    )

@@ -1,0 +1,218 @@
+"""Qwen3 decoder emitted directly as the fused operators onnxruntime runs best.
+
+Per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization (RMSNorm and
+residual add + RMSNorm), q/k/v/o and MLP projections as plain MatMul (so quantizers find
+them), per-head q/k RMSNorm as SimplifiedLayerNormalization over head_dim, and
+com.microsoft.GroupQueryAttention in prompt-only form with rotary applied inside
+(do_rotary, cos/sin caches of max_length rows). The residual stream and every norm run in
+fp32 whatever the compute precision, so fp16 cannot overflow there. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph import IR_DTYPES, MS_DOMAIN, NP_DTYPES, GraphBuilder
+from ..weights import WeightSource
+
+FLOAT = ir.DataType.FLOAT
+
+
+@dataclass(frozen=True)
+class Qwen3Dims:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    eps: float
+    rope_theta: float
+    max_positions: int
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> Qwen3Dims:
+        rope = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling") or {}
+        rope_type = (
+            rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+        )
+        if rope_type != "default":
+            raise ValueError(f"qwen3: rope_type {rope_type!r} is not supported (only 'default')")
+        if cfg.get("use_sliding_window"):
+            raise ValueError("qwen3: sliding-window attention is not supported")
+        if cfg.get("attention_bias"):
+            raise ValueError("qwen3: attention_bias=True is not supported")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"qwen3: hidden_act {cfg.get('hidden_act')!r} is not supported")
+        heads = cfg["num_attention_heads"]
+        return cls(
+            layers=cfg["num_hidden_layers"],
+            hidden=cfg["hidden_size"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            ffn=cfg["intermediate_size"],
+            vocab=cfg["vocab_size"],
+            eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
+            max_positions=int(cfg.get("max_position_embeddings", 32768)),
+        )
+
+
+def rope_cache(head_dim: int, theta: float, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [rows, head_dim/2], computed in fp32 exactly as transformers' default rope."""
+    inv_freq = (
+        1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    ).astype(np.float32)
+    freqs = np.arange(rows, dtype=np.float32)[:, None] * inv_freq[None, :]
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+
+
+class Qwen3Builder:
+    model_types = ("qwen3",)
+    input_names = ("input_ids", "attention_mask")
+    strip_prefixes = ("model.",)
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        weights: WeightSource,
+        precision: str,
+        max_length: int,
+        layers: int | None = None,
+    ) -> None:
+        self.dims = Qwen3Dims.from_config(cfg)
+        if self.dims.head_dim % 16:
+            raise ValueError(
+                f"qwen3: head_dim {self.dims.head_dim} must be a multiple of 16 for GroupQueryAttention"
+            )
+        self.weights = weights
+        self.precision = precision
+        self.max_length = max_length
+        self.n_layers = self.dims.layers if layers is None else layers
+        self.np_dtype = NP_DTYPES[precision]
+        self.ir_dtype = IR_DTYPES[precision]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.dims.hidden
+
+    # -- weights --------------------------------------------------------------------------
+    def _w(
+        self, g: GraphBuilder, name: str, *, transpose: bool = False, fp32: bool = False
+    ) -> ir.Value:
+        src = self.weights
+        if name not in src.keys():
+            raise ValueError(f"qwen3: weight {name!r} missing from the checkpoint")
+        shape = src.shape(name)
+        dtype = np.dtype(np.float32) if fp32 else self.np_dtype
+        if transpose:
+            shape = shape[::-1]
+            return g.weight(name, shape, dtype, lambda: src.load(name).T)
+        return g.weight(name, shape, dtype, lambda: src.load(name))
+
+    def _to_compute(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
+        return x if self.precision == "fp32" else g.cast(x, self.ir_dtype)
+
+    def _to_fp32(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
+        return x if self.precision == "fp32" else g.cast(x, FLOAT)
+
+    # -- graph ----------------------------------------------------------------------------
+    def build(self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value) -> ir.Value:
+        """Returns the final-normed hidden states, fp32 [B, S, hidden]."""
+        d = self.dims
+        eps = d.eps
+        length = g.op("ReduceSum", mask, g.i64([1]), keepdims=0)  # [B] int64
+        seqlens_k = g.cast(g.op("Sub", length, g.i64(1)), ir.DataType.INT32)
+        seq = g.op("Squeeze", g.op("Shape", input_ids, start=1, end=2), g.i64([0]))
+        total_len = g.cast(seq, ir.DataType.INT32)
+        cos, sin = rope_cache(d.head_dim, d.rope_theta, self.max_length)
+        cos_v = g.const(cos.astype(self.np_dtype), "rope_cos_cache")
+        sin_v = g.const(sin.astype(self.np_dtype), "rope_sin_cache")
+        q_shape = g.i64([0, 0, d.heads, d.head_dim])
+        kv_shape = g.i64([0, 0, d.kv_heads, d.head_dim])
+        flat = g.i64([0, 0, -1])
+
+        x = g.op("Gather", self._w(g, "embed_tokens.weight"), input_ids)
+        residual = self._to_fp32(g, x)
+        pending: ir.Value | None = None  # last sublayer output, fp32, not yet added
+        for i in range(self.n_layers):
+            p = f"layers.{i}."
+            # attention block
+            w_in = self._w(g, p + "input_layernorm.weight", fp32=True)
+            if pending is None:
+                h = g.op("SimplifiedLayerNormalization", residual, w_in, axis=-1, epsilon=eps)
+            else:
+                h, _, _, residual = g.ops(
+                    "SkipSimplifiedLayerNormalization",
+                    pending,
+                    residual,
+                    w_in,
+                    n=4,
+                    domain=MS_DOMAIN,
+                    epsilon=eps,
+                )
+            h = self._to_compute(g, h)
+            q = g.op("MatMul", h, self._w(g, p + "self_attn.q_proj.weight", transpose=True))
+            k = g.op("MatMul", h, self._w(g, p + "self_attn.k_proj.weight", transpose=True))
+            v = g.op("MatMul", h, self._w(g, p + "self_attn.v_proj.weight", transpose=True))
+            q = g.op(
+                "SimplifiedLayerNormalization",
+                g.op("Reshape", q, q_shape),
+                self._w(g, p + "self_attn.q_norm.weight"),
+                axis=-1,
+                epsilon=eps,
+            )
+            k = g.op(
+                "SimplifiedLayerNormalization",
+                g.op("Reshape", k, kv_shape),
+                self._w(g, p + "self_attn.k_norm.weight"),
+                axis=-1,
+                epsilon=eps,
+            )
+            attn, _, _ = g.ops(
+                "GroupQueryAttention",
+                g.op("Reshape", q, flat), g.op("Reshape", k, flat), v,
+                None, None, seqlens_k, total_len, cos_v, sin_v,
+                n=3, domain=MS_DOMAIN,
+                num_heads=d.heads, kv_num_heads=d.kv_heads, do_rotary=1, rotary_interleaved=0,
+                scale=1.0 / math.sqrt(d.head_dim),
+            )  # fmt: skip
+            o = g.op("MatMul", attn, self._w(g, p + "self_attn.o_proj.weight", transpose=True))
+            # MLP block
+            w_post = self._w(g, p + "post_attention_layernorm.weight", fp32=True)
+            h, _, _, residual = g.ops(
+                "SkipSimplifiedLayerNormalization",
+                self._to_fp32(g, o),
+                residual,
+                w_post,
+                n=4,
+                domain=MS_DOMAIN,
+                epsilon=eps,
+            )
+            h = self._to_compute(g, h)
+            gate = g.op("MatMul", h, self._w(g, p + "mlp.gate_proj.weight", transpose=True))
+            up = g.op("MatMul", h, self._w(g, p + "mlp.up_proj.weight", transpose=True))
+            act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
+            down = g.op("MatMul", act, self._w(g, p + "mlp.down_proj.weight", transpose=True))
+            pending = self._to_fp32(g, down)
+        w_final = self._w(g, "norm.weight", fp32=True)
+        if pending is None:
+            return g.op("SimplifiedLayerNormalization", residual, w_final, axis=-1, epsilon=eps)
+        out, _, _, _ = g.ops(
+            "SkipSimplifiedLayerNormalization",
+            pending,
+            residual,
+            w_final,
+            n=4,
+            domain=MS_DOMAIN,
+            epsilon=eps,
+        )
+        return out

@@ -1,0 +1,97 @@
+"""Pooling and normalisation inside the graph: one small class per strategy (as
+sentence-transformers' Pooling modes), each mapping hidden [B, S, H] fp32 + mask -> [B, H]."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import onnx_ir as ir
+
+from .graph import GraphBuilder
+
+
+class Pooling:
+    name: ClassVar[str]
+
+    def __call__(self, g: GraphBuilder, hidden: ir.Value, mask: ir.Value) -> ir.Value:
+        raise NotImplementedError
+
+
+def _mask_f(g: GraphBuilder, mask: ir.Value) -> ir.Value:
+    """mask [B, S] int64 -> float [B, S, 1]."""
+    return g.op("Unsqueeze", g.cast(mask, ir.DataType.FLOAT), g.i64([-1]))
+
+
+class LastTokenPooling(Pooling):
+    """The hidden state at the last position where attention_mask is 1 (right padding)."""
+
+    name = "lasttoken"
+
+    def __call__(self, g: GraphBuilder, hidden: ir.Value, mask: ir.Value) -> ir.Value:
+        length = g.op("ReduceSum", mask, g.i64([1]), keepdims=0)
+        last = g.op("Sub", length, g.i64(1))
+        index = g.op("Unsqueeze", last, g.i64([1]))  # [B, 1]
+        return g.op("GatherND", hidden, index, batch_dims=1)
+
+
+class MeanPooling(Pooling):
+    name = "mean"
+    sqrt_len: ClassVar[bool] = False
+
+    def __call__(self, g: GraphBuilder, hidden: ir.Value, mask: ir.Value) -> ir.Value:
+        m = _mask_f(g, mask)
+        summed = g.op("ReduceSum", g.op("Mul", hidden, m), g.i64([1]), keepdims=0)
+        count = g.op("ReduceSum", m, g.i64([1]), keepdims=0)  # [B, 1]
+        count = g.op("Max", count, g.const(np.array(1e-9, dtype=np.float32)))
+        if self.sqrt_len:
+            count = g.op("Sqrt", count)
+        return g.op("Div", summed, count)
+
+
+class MeanSqrtLenPooling(MeanPooling):
+    name = "mean_sqrt_len"
+    sqrt_len = True
+
+
+class ClsPooling(Pooling):
+    name = "cls"
+
+    def __call__(self, g: GraphBuilder, hidden: ir.Value, mask: ir.Value) -> ir.Value:
+        return g.op("Gather", hidden, g.i64(0), axis=1)
+
+
+class MaxPooling(Pooling):
+    name = "max"
+
+    def __call__(self, g: GraphBuilder, hidden: ir.Value, mask: ir.Value) -> ir.Value:
+        # sentence-transformers sets padded positions to -1e9 before the max
+        m = _mask_f(g, mask)
+        neg = g.op(
+            "Mul",
+            g.op("Sub", g.const(np.array(1.0, dtype=np.float32)), m),
+            g.const(np.array(-1e9, dtype=np.float32)),
+        )
+        return g.op("ReduceMax", g.op("Add", g.op("Mul", hidden, m), neg), g.i64([1]), keepdims=0)
+
+
+POOLINGS: dict[str, type[Pooling]] = {
+    cls.name: cls
+    for cls in (LastTokenPooling, MeanPooling, MeanSqrtLenPooling, ClsPooling, MaxPooling)
+}
+
+
+def l2_normalize(g: GraphBuilder, x: ir.Value) -> ir.Value:
+    """x / max(||x||_2, 1e-12), as torch.nn.functional.normalize."""
+    norm = g.op("ReduceL2", x, g.i64([-1]), keepdims=1)
+    norm = g.op("Max", norm, g.const(np.array(1e-12, dtype=np.float32)))
+    return g.op("Div", x, norm)
+
+
+def pool_and_normalize(
+    g: GraphBuilder, hidden: ir.Value, mask: ir.Value, pooling: str, normalize: bool
+) -> ir.Value:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is not supported (supported: {', '.join(POOLINGS)})")
+    pooled = POOLINGS[pooling]()(g, hidden, mask)
+    return l2_normalize(g, pooled) if normalize else pooled

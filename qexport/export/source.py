@@ -1,0 +1,217 @@
+"""Resolve MODEL (a hub id, a local checkpoint folder, or `random:<name>`) into config,
+weights, tokenizer and the sentence-transformers head description."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import random_models
+from .families import DEFAULT_POOLING, UnsupportedModelError, family_for
+from .weights import SafetensorsSource, WeightSource
+
+
+class SourceError(ValueError):
+    """MODEL cannot be resolved or read."""
+
+
+@dataclass
+class Head:
+    """What sentence-transformers does after the transformer: pooling, normalise, prompts."""
+
+    pooling: str
+    normalize: bool
+    prompts: dict[str, str] = field(default_factory=dict)
+    similarity: str = "cosine"
+    max_seq_length: int | None = None
+    instruction_template: str | None = None
+    default_instruction: str | None = None
+
+
+@dataclass
+class ModelSource:
+    spec: str
+    kind: str  # random | folder | hub
+    config: dict[str, Any]
+    weights: WeightSource
+    family: str
+    head: Head
+    tokenizer_dir: Path | None  # None: build the byte-level tokenizer
+    revision: str | None = None
+    folder: Path | None = None
+    seed: int | None = None
+
+
+ST_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+KNOWN_MODULES = {
+    "sentence_transformers.models.Transformer": "transformer",
+    "sentence_transformers.models.Pooling": "pooling",
+    "sentence_transformers.models.Normalize": "normalize",
+}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SourceError(f"cannot read {path}: {exc}") from exc
+
+
+def read_st_head(folder: Path, family: str) -> Head:
+    """Read modules.json / 1_Pooling / config_sentence_transformers.json /
+    sentence_bert_config.json; without them, the family's documented default."""
+    modules_path = folder / "modules.json"
+    if modules_path.is_file():
+        pooling, normalize = None, False
+        for module in _read_json(modules_path):
+            kind = KNOWN_MODULES.get(module.get("type", ""))
+            if kind is None:
+                raise UnsupportedModelError(
+                    f"sentence-transformers module {module.get('type')!r} ({module.get('path')}) is not supported; "
+                    "supported: Transformer, Pooling, Normalize"
+                )
+            if kind == "pooling":
+                cfg = _read_json(folder / module["path"] / "config.json")
+                if cfg.get("pooling_mode_weightedmean_tokens"):
+                    raise UnsupportedModelError("pooling mode 'weightedmean' is not supported")
+                if "pooling_mode" in cfg:  # newer sentence-transformers spelling
+                    modes = [cfg["pooling_mode"]]
+                else:
+                    modes = [v for k, v in ST_POOLING_KEYS.items() if cfg.get(k)]
+                if len(modes) != 1:
+                    raise UnsupportedModelError(
+                        f"pooling must be exactly one mode, found {modes or 'none'}"
+                    )
+                pooling = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(
+                    modes[0], modes[0]
+                )
+                if cfg.get("include_prompt") is False:
+                    raise UnsupportedModelError(
+                        "pooling with include_prompt=false is not supported"
+                    )
+            elif kind == "normalize":
+                normalize = True
+        if pooling is None:
+            raise UnsupportedModelError("modules.json has no Pooling module")
+        head = Head(pooling=pooling, normalize=normalize)
+    elif family in DEFAULT_POOLING:
+        pooling, normalize = DEFAULT_POOLING[family]
+        head = Head(pooling=pooling, normalize=normalize)
+    else:
+        raise UnsupportedModelError(
+            f"{folder} has no sentence-transformers modules.json, so its pooling is unknown"
+        )
+    st_cfg = folder / "config_sentence_transformers.json"
+    if st_cfg.is_file():
+        data = _read_json(st_cfg)
+        head.prompts = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str)}
+        head.similarity = data.get("similarity_fn_name") or "cosine"
+    bert_cfg = folder / "sentence_bert_config.json"
+    if bert_cfg.is_file():
+        head.max_seq_length = _read_json(bert_cfg).get("max_seq_length")
+    _family_prompts(head, family)
+    return head
+
+
+def _family_prompts(head: Head, family: str) -> None:
+    if family == "qwen3":
+        head.instruction_template = random_models.QWEN3_TEMPLATE
+        head.default_instruction = random_models.QWEN3_QUERY_TASK
+        head.prompts.setdefault("query", f"Instruct: {random_models.QWEN3_QUERY_TASK}\nQuery:")
+        head.prompts.setdefault("document", "")
+
+
+def resolve(
+    spec: str, *, tokenizer: str | Path | None = None, revision: str | None = None
+) -> ModelSource:
+    if spec.startswith("random:"):
+        return _resolve_random(spec, tokenizer)
+    path = Path(spec).expanduser()
+    looks_like_path = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise SourceError(f"model folder {spec!r} does not exist")
+        return _resolve_folder(spec, path, "folder", revision=None, tokenizer=tokenizer)
+    return _resolve_hub(spec, revision, tokenizer)
+
+
+def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
+    name = spec.split(":", 1)[1]
+    if name not in random_models.REGISTRY:
+        raise SourceError(
+            f"unknown random model {name!r}; built in: {', '.join(random_models.REGISTRY)}"
+        )
+    model = random_models.REGISTRY[name]
+    tok_dir = None
+    if tokenizer is not None:
+        tok_dir = Path(tokenizer).expanduser()
+        if not (tok_dir / "tokenizer.json").is_file():
+            raise SourceError(f"tokenizer folder {str(tokenizer)!r} has no tokenizer.json")
+    head = Head(pooling="lasttoken", normalize=True)
+    _family_prompts(head, "qwen3")
+    return ModelSource(
+        spec=spec,
+        kind="random",
+        config=dict(model.config),
+        weights=random_models.random_source(model),
+        family="qwen3",
+        head=head,
+        tokenizer_dir=tok_dir,
+        seed=model.seed,
+    )
+
+
+def _resolve_folder(
+    spec: str, path: Path, kind: str, revision: str | None, tokenizer: str | Path | None
+) -> ModelSource:
+    if not (path / "config.json").is_file():
+        raise SourceError(f"model folder {spec!r} has no config.json")
+    config = _read_json(path / "config.json")
+    family = family_for(config)
+    from .families import FAMILIES
+
+    try:
+        weights = SafetensorsSource(path, strip_prefixes=FAMILIES[family].strip_prefixes)
+    except FileNotFoundError as exc:
+        raise SourceError(f"model folder {spec!r} has no *.safetensors weights") from exc
+    tok_dir = Path(tokenizer).expanduser() if tokenizer else path
+    if not (tok_dir / "tokenizer.json").is_file():
+        raise SourceError(f"{str(tok_dir)!r} has no tokenizer.json")
+    return ModelSource(
+        spec=spec,
+        kind=kind,
+        config=config,
+        weights=weights,
+        family=family,
+        head=read_st_head(path, family),
+        tokenizer_dir=tok_dir,
+        revision=revision,
+        folder=path,
+    )
+
+
+def _resolve_hub(spec: str, revision: str | None, tokenizer: str | Path | None) -> ModelSource:
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(
+            snapshot_download(
+                repo_id=spec,
+                revision=revision,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"],
+            )
+        )
+    except Exception as exc:  # network, auth, not found: one line for the user
+        raise SourceError(
+            f"cannot fetch {spec!r} from the Hugging Face Hub: {type(exc).__name__}: {exc}"
+        ) from exc
+    # snapshot folders are named by their commit hash
+    return _resolve_folder(spec, folder, "hub", revision=folder.name, tokenizer=tokenizer)

@@ -1,0 +1,76 @@
+"""onnxruntime session: execution providers, CPU fallback, session options."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger("qexport")
+_warned_fallback = False
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot run this artifact."""
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is None:
+        threads = int(os.environ.get("QEXPORT_THREADS", "0")) or 0
+    opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (physical cores)
+    opts.log_severity_level = 3
+    return opts
+
+
+def create_session(
+    graph: Path, device: str, precision: str, threads: int | None = None
+) -> ort.InferenceSession:
+    """Open the graph on `device`; "auto" takes CUDA only when the session really got it."""
+    global _warned_fallback
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    available = ort.get_available_providers()
+    want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+    if device == "cuda" and not want_cuda:
+        raise DeviceError(
+            f"device='cuda' but this onnxruntime has no CUDA provider (available: {available})"
+        )
+    providers: list[str] = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+    )
+    bf16_msg = (
+        "this artifact is bf16, which onnxruntime's CPU provider cannot run "
+        "(no bf16 MatMul / GroupQueryAttention kernels); use a GPU, or export fp16 or fp32"
+    )
+    if precision == "bf16" and not want_cuda:
+        raise DeviceError(bf16_msg)
+    opts = session_options(threads)
+    if want_cuda:
+        # the CUDA provider logs an error when it cannot load (no GPU / no CUDA libraries)
+        opts.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(str(graph), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/NotImplemented types
+        if precision == "bf16":
+            raise DeviceError(bf16_msg) from exc
+        raise
+    got_cuda = sess.get_providers()[0] == "CUDAExecutionProvider"
+    if device == "cuda" and not got_cuda:
+        raise DeviceError(
+            "device='cuda' but onnxruntime could not create the CUDA provider (no GPU or CUDA 13 libraries)"
+        )
+    if device == "auto" and want_cuda and not got_cuda and not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            "CUDA provider unavailable (no GPU or CUDA libraries); running on CPU", stacklevel=3
+        )
+    if precision == "bf16" and not got_cuda:
+        raise DeviceError(bf16_msg)
+    return sess

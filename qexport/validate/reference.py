@@ -1,0 +1,121 @@
+"""The PyTorch reference: each family's official recipe, run with transformers.
+
+Qwen3-Embedding (model card): tokenizer with padding_side="left", model forward,
+last_token_pool, F.normalize. Random models get the very same seeded weights as the export.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..export.source import ModelSource, resolve
+from ..export.tokenizer_files import build_byte_tokenizer
+
+
+def format_query(template: str | None, instruction: str | None, text: str) -> str:
+    if instruction is None:
+        return text
+    if template is None:
+        raise ValueError("this model has no instruction template")
+    return template.format(instruction=instruction, text=text)
+
+
+def _state_dict(src: ModelSource, n_layers: int) -> dict[str, Any]:
+    import torch
+
+    out = {}
+    for name in src.weights.keys():
+        if name.startswith("layers.") and int(name.split(".")[1]) >= n_layers:
+            continue
+        arr = src.weights.load(name).astype(np.float32)
+        out[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    return out
+
+
+class TorchReference:
+    """A transformers model with the same weights as an export of `model`."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | Path | None = None,
+        layers: int | None = None,
+        dtype: str = "fp32",
+        attn_implementation: str = "sdpa",
+        max_length: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.src = resolve(model, tokenizer=tokenizer)
+        self.torch = torch
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        cfg = dict(self.src.config)
+        n_layers = cfg["num_hidden_layers"] if layers is None else layers
+        cfg["num_hidden_layers"] = n_layers
+        if self.src.family == "qwen3":
+            cfg.pop("architectures", None)
+            cfg.pop("max_window_layers", None)
+            config = AutoConfig.for_model(**cfg)
+            config._attn_implementation = attn_implementation
+            with torch.device("meta"):
+                self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+            self.model.load_state_dict(_state_dict(self.src, n_layers), strict=True, assign=True)
+            self.model.rotary_emb.__init__(config)  # buffers are not in the state dict
+            self.model.to(self.dtype)
+        else:
+            raise NotImplementedError(f"no PyTorch reference for family {self.src.family!r}")
+        self.model.eval()
+        if self.src.tokenizer_dir is None:
+            self._tmp = tempfile.TemporaryDirectory()
+            build_byte_tokenizer(Path(self._tmp.name), 32768)
+            tok_dir = Path(self._tmp.name)
+        else:
+            tok_dir = self.src.tokenizer_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        self.tokenizer.padding_side = "left"
+        self.max_length = max_length or int(cfg.get("max_position_embeddings", 8192))
+
+    def tokenize(self, texts: list[str]) -> Any:
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def embed(
+        self,
+        texts: list[str],
+        *,
+        instruction: str | None = None,
+        batch_size: int = 8,
+        token_embeddings: bool = False,
+    ) -> np.ndarray:
+        torch = self.torch
+        texts = [format_query(self.src.head.instruction_template, instruction, t) for t in texts]
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenize(texts[start : start + batch_size])
+                hidden = self.model(**batch).last_hidden_state
+                emb = last_token_pool(hidden, batch["attention_mask"])
+                emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
+                outs.append(emb.numpy())
+        return np.concatenate(outs)
+
+
+def last_token_pool(last_hidden_states: Any, attention_mask: Any) -> Any:
+    """The model card's last_token_pool."""
+    import torch
+
+    left_padding = attention_mask[:, -1].sum() == attention_mask.shape[0]
+    if left_padding:
+        return last_hidden_states[:, -1]
+    sequence_lengths = attention_mask.sum(dim=1) - 1
+    batch_size = last_hidden_states.shape[0]
+    return last_hidden_states[
+        torch.arange(batch_size, device=last_hidden_states.device), sequence_lengths
+    ]

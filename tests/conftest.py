@@ -1,0 +1,45 @@
+"""Shared fixtures: paths to ../shared, exported random artifacts (built once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
+QWEN_06B = SHARED / "qwen3-embedding" / "0.6B"
+
+
+def need_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (set QEXPORT_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir() -> Path:
+    return need_shared(QWEN_06B)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qexport.export.api import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-fp32"
+    export_onnx("random:qwen3-tiny", out, ExportOptions(progress=False, token_embeddings=True))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    from qexport.validate.reference import TorchReference
+
+    return TorchReference("random:qwen3-tiny")
+
+
+def cosines(a, b):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
