@@ -15,7 +15,9 @@ import onnx_ir as ir
 
 from ..manifest import EXTERNAL_DATA_NAME, GRAPH_NAME, MANIFEST_NAME, Manifest, sha256_file
 
-PROTOBUF_LIMIT = 2_000_000_000
+# Above this, weights are streamed to one external data file (a tensor at a time) instead of
+# being serialised inside the protobuf, which needs the whole model in memory (about 3x).
+EXTERNAL_THRESHOLD = 1 << 30
 
 
 class OutputError(ValueError):
@@ -85,10 +87,20 @@ def staging(out: Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def save_graph(model: ir.Model, folder: Path, weight_bytes: int, callback=None) -> None:  # type: ignore[no-untyped-def]
-    """Save the graph; weights go to one external data file when they pass the protobuf limit.
-    Tensors are materialised one at a time while writing (bounded in-flight bytes)."""
-    if weight_bytes > PROTOBUF_LIMIT:
+def save_graph(model: ir.Model, folder: Path, weight_bytes: int, progress: bool = True) -> None:
+    """Save the graph; large weights go to one external data file beside it, materialised
+    one tensor at a time while writing (bounded in-flight bytes), with a progress bar."""
+    if weight_bytes <= EXTERNAL_THRESHOLD:
+        ir.save(model, folder / GRAPH_NAME)
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc="writing weights", unit="tensor", disable=None if progress else True) as bar:
+
+        def callback(tensor: ir.TensorProtocol, info: ir.external_data.CallbackInfo) -> None:
+            bar.total = info.total
+            bar.update(1)
+
         ir.save(
             model,
             folder / GRAPH_NAME,
@@ -97,8 +109,6 @@ def save_graph(model: ir.Model, folder: Path, weight_bytes: int, callback=None) 
             max_workers=1,
             max_in_flight_bytes=256 << 20,
         )
-    else:
-        ir.save(model, folder / GRAPH_NAME)
 
 
 def finish_manifest(manifest: Manifest, folder: Path) -> None:

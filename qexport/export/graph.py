@@ -13,6 +13,8 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from .weights import convert
+
 OPSET = 21
 MS_DOMAIN = "com.microsoft"
 
@@ -66,13 +68,7 @@ class GraphBuilder:
         """A weight initializer whose data is loaded (and converted) only when written."""
 
         def make() -> ir.TensorProtocol:
-            arr = np.ascontiguousarray(load())
-            if arr.dtype != dtype:
-                arr = (
-                    arr.astype(np.float32).astype(dtype)
-                    if arr.dtype != np.float32
-                    else arr.astype(dtype)
-                )
+            arr = np.ascontiguousarray(convert(load(), dtype))
             if tuple(arr.shape) != tuple(shape):
                 raise ValueError(f"weight {name}: shape {arr.shape}, expected {tuple(shape)}")
             return ir.tensor(arr, name=name)

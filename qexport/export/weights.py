@@ -18,6 +18,30 @@ import numpy as np
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
+def bf16_to_fp32(arr: np.ndarray) -> np.ndarray:
+    """Exact and fast: a bfloat16 is the upper half of a float32."""
+    return (arr.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def fp32_to_bf16(arr: np.ndarray) -> np.ndarray:
+    """Round to nearest even, as torch does (no NaN payloads in generated weights)."""
+    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    return rounded.astype(np.uint16).view(BF16)
+
+
+def convert(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Convert a weight to the artifact's dtype, fast paths for bfloat16 checkpoints."""
+    if arr.dtype == dtype:
+        return arr
+    if arr.dtype == BF16:
+        arr = bf16_to_fp32(np.ascontiguousarray(arr))
+        return arr if dtype == np.float32 else arr.astype(dtype)
+    if dtype == BF16:
+        return fp32_to_bf16(arr.astype(np.float32, copy=False))
+    return arr.astype(dtype)
+
+
 class WeightSource(Protocol):
     def keys(self) -> list[str]: ...
 
@@ -91,7 +115,7 @@ class RandomSource:
         if name in self._overrides:
             arr = self._overrides[name](arr)
         # Checkpoints ship in BF16: round like one would.
-        return arr.astype(BF16)
+        return fp32_to_bf16(arr)
 
 
 def normal(std: float, mean: float = 0.0) -> InitFn:
