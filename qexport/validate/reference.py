@@ -69,7 +69,8 @@ class TorchReference:
             self.model.rotary_emb.__init__(config)  # buffers are not in the state dict
             self.model.to(self.dtype)
         else:
-            raise NotImplementedError(f"no PyTorch reference for family {self.src.family!r}")
+            self._init_sentence_transformer(n_layers, max_length)
+            return
         self.model.eval()
         if self.src.tokenizer_dir is None:
             self._tmp = tempfile.TemporaryDirectory()
@@ -80,6 +81,27 @@ class TorchReference:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         self.tokenizer.padding_side = "left"
         self.max_length = max_length or int(cfg.get("max_position_embeddings", 8192))
+
+    def _init_sentence_transformer(self, n_layers: int, max_length: int | None) -> None:
+        """Other families: the model's own sentence-transformers pipeline, as published."""
+        from sentence_transformers import SentenceTransformer
+
+        if self.src.folder is None:
+            raise NotImplementedError(
+                f"no PyTorch reference for {self.src.spec!r}: family {self.src.family!r} needs "
+                "a sentence-transformers checkpoint folder"
+            )
+        self.st = SentenceTransformer(str(self.src.folder), device="cpu")
+        self.st.to(self.dtype)
+        self.model = self.st[0].auto_model
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is not None and n_layers < len(encoder.layer):  # a truncated export
+            encoder.layer = encoder.layer[:n_layers]
+        self.model.eval()
+        if max_length is not None:
+            self.st.max_seq_length = max_length
+        self.max_length = int(self.st.max_seq_length or 512)
+        self.tokenizer = self.st.tokenizer
 
     def tokenize(self, texts: list[str]) -> Any:
         return self.tokenizer(
@@ -96,6 +118,15 @@ class TorchReference:
     ) -> np.ndarray:
         torch = self.torch
         texts = [format_query(self.src.head.instruction_template, instruction, t) for t in texts]
+        if hasattr(self, "st"):
+            vectors = self.st.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=self.src.head.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            return np.asarray(vectors, dtype=np.float32)
         outs = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):

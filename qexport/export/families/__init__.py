@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .bert import BertBuilder
 from .qwen3 import Qwen3Builder
 
-FAMILIES: dict[str, Any] = {"qwen3": Qwen3Builder}
+FAMILIES: dict[str, Any] = {"qwen3": Qwen3Builder, "bert": BertBuilder}
 DEFAULT_POOLING = {"qwen3": ("lasttoken", True)}
 
 

@@ -1,0 +1,230 @@
+"""BERT encoders (all-MiniLM-L6-v2, bge, e5, ...) emitted as onnxruntime's fused operators.
+
+Embeddings: Gather (word, token type) + Slice (positions) + Add + LayerNormalization.
+Per layer (post-LN, bidirectional):
+
+    x --MatMul [H, 3H]--> Split q, k, v --MultiHeadAttention(bias, key_padding_mask [B, S])
+      --MatMul--> SkipLayerNormalization(skip=x, bias) = x'
+    x' --MatMul--> BiasGelu --MatMul--> SkipLayerNormalization(skip=x', bias)
+
+Projections stay plain MatMul (quantizers find them); their biases go into the fused
+consumers (MultiHeadAttention's bias, BiasGelu, SkipLayerNormalization's bias), so there is
+no separate Add. The hidden stream between layers and every LayerNorm run in fp32 whatever the
+compute precision; fp16 covers the MatMuls, attention and GELU. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph import IR_DTYPES, MS_DOMAIN, NP_DTYPES, GraphBuilder
+from ..weights import WeightSource
+
+FLOAT = ir.DataType.FLOAT
+# transformers' ACT2FN name -> the onnxruntime op that computes act(x + bias)
+ACTIVATIONS = {"gelu": "BiasGelu"}
+
+
+@dataclass(frozen=True)
+class BertDims:
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+    type_vocab: int
+    max_positions: int
+    eps: float
+    act: str
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> BertDims:
+        pos = cfg.get("position_embedding_type", "absolute")
+        if pos != "absolute":
+            raise ValueError(
+                f"bert: position_embedding_type {pos!r} is not supported (only 'absolute')"
+            )
+        act = cfg.get("hidden_act", "gelu")
+        if act not in ACTIVATIONS:
+            raise ValueError(
+                f"bert: hidden_act {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
+            )
+        if cfg.get("is_decoder") or cfg.get("add_cross_attention"):
+            raise ValueError("bert: decoder / cross-attention BERT is not supported (encoder only)")
+        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        if hidden % heads:
+            raise ValueError(
+                f"bert: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+            )
+        return cls(
+            layers=int(cfg["num_hidden_layers"]),
+            hidden=hidden,
+            heads=heads,
+            ffn=int(cfg["intermediate_size"]),
+            vocab=int(cfg["vocab_size"]),
+            type_vocab=int(cfg.get("type_vocab_size", 2) or 0),
+            max_positions=int(cfg.get("max_position_embeddings", 512)),
+            eps=float(cfg.get("layer_norm_eps", 1e-12)),
+            act=act,
+        )
+
+
+class BertBuilder:
+    model_types = ("bert",)
+    # the instance drops token_type_ids when the config has no token types
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    strip_prefixes = ("bert.",)
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        weights: WeightSource,
+        precision: str,
+        max_length: int,
+        layers: int | None = None,
+    ) -> None:
+        self.dims = BertDims.from_config(cfg)
+        if max_length > self.dims.max_positions:
+            raise ValueError(
+                f"bert: max_length {max_length} exceeds max_position_embeddings "
+                f"{self.dims.max_positions}"
+            )
+        self.weights = weights
+        self.precision = precision
+        self.max_length = max_length
+        self.n_layers = self.dims.layers if layers is None else layers
+        self.np_dtype = NP_DTYPES[precision]
+        self.ir_dtype = IR_DTYPES[precision]
+        self.input_names = ("input_ids", "attention_mask") + (
+            ("token_type_ids",) if self.dims.type_vocab > 0 else ()
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.dims.hidden
+
+    # -- weights --------------------------------------------------------------------------
+    def _check(self, *names: str) -> None:
+        keys = set(self.weights.keys())
+        for name in names:
+            if name not in keys:
+                raise ValueError(f"bert: weight {name!r} missing from the checkpoint")
+
+    def _w(self, g: GraphBuilder, name: str, *, fp32: bool = False) -> ir.Value:
+        """A tensor as stored (embedding tables, biases, LayerNorm gamma/beta)."""
+        self._check(name)
+        dtype = np.dtype(np.float32) if fp32 else self.np_dtype
+        src = self.weights
+        return g.weight(name, src.shape(name), dtype, lambda: src.load(name))
+
+    def _linear(self, g: GraphBuilder, *prefixes: str) -> ir.Value:
+        """nn.Linear weights [out, in] of one or more layers -> one MatMul operand [in, sum(out)]."""
+        names = [p + ".weight" for p in prefixes]
+        self._check(*names)
+        src = self.weights
+        shapes = [src.shape(n) for n in names]
+        shape = (shapes[0][1], sum(s[0] for s in shapes))
+
+        def load() -> np.ndarray:
+            return np.concatenate([src.load(n).T for n in names], axis=1)
+
+        return g.weight(names[0] if len(names) == 1 else prefixes[0] + ".qkv", shape,
+                        self.np_dtype, load)  # fmt: skip
+
+    def _bias(self, g: GraphBuilder, *prefixes: str, fp32: bool = False) -> ir.Value:
+        names = [p + ".bias" for p in prefixes]
+        self._check(*names)
+        if len(names) == 1:
+            return self._w(g, names[0], fp32=fp32)
+        src = self.weights
+        shape = (sum(src.shape(n)[0] for n in names),)
+        dtype = np.dtype(np.float32) if fp32 else self.np_dtype
+
+        def load() -> np.ndarray:
+            return np.concatenate([src.load(n) for n in names])
+
+        return g.weight(prefixes[0] + ".qkv_bias", shape, dtype, load)
+
+    def _to_compute(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
+        return x if self.precision == "fp32" else g.cast(x, self.ir_dtype)
+
+    def _to_fp32(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
+        return x if self.precision == "fp32" else g.cast(x, FLOAT)
+
+    def _skip_ln(
+        self, g: GraphBuilder, x: ir.Value, skip: ir.Value, prefix: str, bias: str
+    ) -> ir.Value:
+        """LayerNorm(x + bias + skip), all fp32."""
+        out, _, _, _ = g.ops(
+            "SkipLayerNormalization",
+            self._to_fp32(g, x),
+            skip,
+            self._w(g, prefix + ".LayerNorm.weight", fp32=True),
+            self._w(g, prefix + ".LayerNorm.bias", fp32=True),
+            self._bias(g, bias, fp32=True),
+            n=4,
+            domain=MS_DOMAIN,
+            epsilon=self.dims.eps,
+        )
+        return out
+
+    # -- graph ----------------------------------------------------------------------------
+    def embeddings(
+        self, g: GraphBuilder, input_ids: ir.Value, token_type_ids: ir.Value | None
+    ) -> ir.Value:
+        """LayerNorm(word[ids] + position[0..S-1] + token_type[types]), fp32 [B, S, H]."""
+        seq = g.op("Shape", input_ids, start=1, end=2)
+        x = self._to_fp32(
+            g, g.op("Gather", self._w(g, "embeddings.word_embeddings.weight"), input_ids)
+        )
+        pos_table = self._w(g, "embeddings.position_embeddings.weight")
+        pos = g.op("Slice", pos_table, g.i64([0]), seq, g.i64([0]))  # [S, H]
+        x = g.op("Add", x, self._to_fp32(g, pos))
+        if token_type_ids is not None:
+            types = self._w(g, "embeddings.token_type_embeddings.weight")
+            x = g.op("Add", x, self._to_fp32(g, g.op("Gather", types, token_type_ids)))
+        return g.op(
+            "LayerNormalization",
+            x,
+            self._w(g, "embeddings.LayerNorm.weight", fp32=True),
+            self._w(g, "embeddings.LayerNorm.bias", fp32=True),
+            axis=-1,
+            epsilon=self.dims.eps,
+        )
+
+    def build(
+        self,
+        g: GraphBuilder,
+        input_ids: ir.Value,
+        mask: ir.Value,
+        token_type_ids: ir.Value | None = None,
+    ) -> ir.Value:
+        """Returns the last hidden state, fp32 [B, S, hidden]."""
+        d = self.dims
+        act = ACTIVATIONS[d.act]
+        key_padding_mask = g.cast(mask, ir.DataType.INT32)  # [B, S]: 0 = padding key
+        split = g.i64([d.hidden] * 3)
+        x = self.embeddings(g, input_ids, token_type_ids)
+        for i in range(self.n_layers):
+            p = f"encoder.layer.{i}."
+            qkv_names = [p + "attention.self." + n for n in ("query", "key", "value")]
+            h = self._to_compute(g, x)
+            qkv = g.op("MatMul", h, self._linear(g, *qkv_names))
+            q, k, v = g.ops("Split", qkv, split, n=3, axis=-1)
+            attn = g.op(
+                "MultiHeadAttention",
+                q, k, v, self._bias(g, *qkv_names), key_padding_mask,
+                domain=MS_DOMAIN, num_heads=d.heads,
+            )  # fmt: skip
+            o = g.op("MatMul", attn, self._linear(g, p + "attention.output.dense"))
+            x = self._skip_ln(g, o, x, p + "attention.output", p + "attention.output.dense")
+            h = self._to_compute(g, x)
+            up = g.op("MatMul", h, self._linear(g, p + "intermediate.dense"))
+            up = g.op(act, up, self._bias(g, p + "intermediate.dense"), domain=MS_DOMAIN)
+            down = g.op("MatMul", up, self._linear(g, p + "output.dense"))
+            x = self._skip_ln(g, down, x, p + "output", p + "output.dense")
+        return x
