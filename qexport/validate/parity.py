@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,33 @@ class ParityResult:
     providers: list[str]
 
 
+def load_reference(
+    reference: str, artifact: str | Path, device: str = "cpu"
+) -> tuple[Any, str, str | None]:
+    """The PyTorch reference for `artifact`: same tokenizer (the artifact's), same number of
+    layers, same max length. Returns (reference, device it runs on, note)."""
+    manifest = load_manifest(artifact)
+    kwargs: dict[str, Any] = dict(
+        tokenizer=artifact,  # the artifact carries the tokenizer it was exported with
+        layers=manifest.architecture.get("layers_exported"),
+        max_length=manifest.max_length,
+    )
+    note = None
+    ref_device = "cpu"
+    if device in ("cuda", "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            if "device" in inspect.signature(TorchReference).parameters:
+                kwargs["device"] = "cuda"
+                ref_device = "cuda"
+            else:
+                note = "the PyTorch reference ran on CPU (TorchReference has no device option)"
+        elif device == "cuda":
+            note = "the PyTorch reference ran on CPU (torch has no CUDA here)"
+    return TorchReference(reference, **kwargs), ref_device, note
+
+
 def check_parity(
     artifact: str | Path, reference: str, *, texts: list[str] | None = None, device: str = "cpu"
 ) -> ParityResult:
@@ -38,12 +67,7 @@ def check_parity(
     texts = list(texts or BUILTIN_TEXTS)
     emb = Embedder(artifact, device=device)
     ours = emb.embed(texts)
-    ref = TorchReference(
-        reference,
-        tokenizer=artifact,  # the artifact carries the tokenizer it was exported with
-        layers=manifest.architecture.get("layers_exported"),
-        max_length=manifest.max_length,
-    )
+    ref, _, _ = load_reference(reference, artifact, "cpu")
     theirs = ref.embed(texts)
     cos = np.sum(ours * theirs, axis=1) / (
         np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
