@@ -32,15 +32,57 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     o.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     o.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    q = o.add_argument_group("quantization (int8, int4, int8-dynamic)")
+    q.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="target device: the float base is fp32 for cpu, fp16 for cuda (default cpu); "
+        "int8-dynamic is cpu only",
+    )
+    q.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="MatMulNBits block size (default 128 for int8, 32 for int4)",
+    )
+    q.add_argument(
+        "--accuracy-level",
+        type=int,
+        default=None,
+        choices=(0, 1, 2, 3, 4),
+        help="MatMulNBits compute type (default 4 on cpu: int8 activations; unset on cuda)",
+    )
+    q.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="calibration and check texts, one per line (default: the built-in set)",
+    )
+    q.add_argument(
+        "--no-check",
+        action="store_true",
+        help="int8/int4: skip running the float and quantized graphs on the check texts",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..export.api import ExportOptions, export_onnx
+    from ..export.quantize import QuantOptions
+    from ..export.quantize.matmul_nbits import BLOCK_SIZES
 
     if args.precision not in PRECISIONS:
         raise UsageError(
             f"unknown precision {args.precision!r}; choose from {', '.join(PRECISIONS)}"
         )
+    if args.block_size is not None and args.block_size not in BLOCK_SIZES:
+        raise UsageError(
+            f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {args.block_size}"
+        )
+    if args.precision == "int8-dynamic" and args.device != "cpu":
+        raise UsageError("int8-dynamic is CPU only; use --precision int8 or int4 for cuda")
+    if args.calibration is not None and not Path(args.calibration).is_file():
+        raise UsageError(f"--calibration file {args.calibration!r} does not exist")
     opts = ExportOptions(
         precision=args.precision,
         max_length=args.max_length,
@@ -49,9 +91,22 @@ def run(args: argparse.Namespace) -> int:
         revision=args.revision,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        device=args.device,
+        quant=QuantOptions(
+            block_size=args.block_size,
+            accuracy_level=args.accuracy_level,
+            calibration=args.calibration,
+            check=not args.no_check,
+        ),
     )
     manifest = export_onnx(args.model, args.output, opts)
     total = sum((Path(args.output) / f).stat().st_size for f in manifest.files)
+    q = manifest.quantization
+    if q and "check" in q and "min_cosine" in q["check"]:
+        print(
+            f"quantization: {q['method']}, min cosine {q['check']['min_cosine']:.5f} vs the "
+            f"{q['base_precision']} graph on {q['check']['texts']} texts"
+        )
     print(
         f"exported {args.model} -> {args.output} ({manifest.precision}, dim {manifest.embedding_dim}, "
         f"max length {manifest.max_length}, {total / 1e6:.1f} MB)"

