@@ -1,15 +1,41 @@
-"""Embedder: the public runtime API."""
+"""Embedder: the public runtime API.
+
+Pipeline: a helper thread formats, tokenises and pads the next chunk of texts while the
+session runs the current one (onnxruntime and tokenizers release the GIL); each chunk is
+sorted by length and packed into token-budget batches (`batching.plan_batches`); on CUDA the
+inputs are bound to the device once and only the [batch, dim] float32 output is copied back.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from ..manifest import Manifest, load_manifest
+from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from .session import create_session
 from .tokenize import TextEncoder, pad_right
+
+# embed() tokenises this many texts at a time (sorted and packed within the window); the
+# next window is tokenised while the current one runs
+WINDOW = 2048
+
+
+@dataclass
+class Prepared:
+    """One chunk of texts, tokenised and padded into batches, ready to run."""
+
+    n: int
+    batches: list[tuple[np.ndarray, dict[str, np.ndarray]]]  # (row indices, feed)
+    tokens: list[int]  # tokens per text after truncation
+    truncated: int
+    dropped: int
 
 
 class Embedder:
@@ -18,6 +44,10 @@ class Embedder:
     >>> emb = Embedder("out")                                   # doctest: +SKIP
     >>> docs = emb.embed(["The capital of China is Beijing."])  # doctest: +SKIP
     >>> qs = emb.embed(["capital of China?"], instruction=emb.default_instruction, dim=256)  # doctest: +SKIP
+
+    `max_batch_tokens` bounds each forward pass by padded tokens (rows x longest row);
+    `io_binding` (default: on when the session runs on CUDA) binds inputs and the output
+    explicitly so that only the [batch, dim] embedding crosses back to the host.
     """
 
     def __init__(
@@ -27,14 +57,25 @@ class Embedder:
         *,
         threads: int | None = None,
         verify: bool = False,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        io_binding: bool | None = None,
     ) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.path = Path(artifact)
         self.manifest: Manifest = load_manifest(self.path, verify=verify)
         m = self.manifest
         self.session = create_session(self.path / m.graph_file, device, m.precision, threads)
         self.encoder = TextEncoder(self.path, m.max_length, m.instruction_template)
+        self.max_batch_tokens = max_batch_tokens
         self._inputs = m.input_names
         self._output = "sentence_embedding"
+        self.on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.io_binding = self.on_cuda if io_binding is None else bool(io_binding)
+        self._device_id = 0
+        if self.on_cuda:
+            opts = self.session.get_provider_options().get("CUDAExecutionProvider", {})
+            self._device_id = int(opts.get("device_id", 0))
 
     @property
     def dim(self) -> int:
@@ -48,6 +89,8 @@ class Embedder:
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
+    # -- checks -----------------------------------------------------------------------------
+
     def _check(self, texts: Sequence[str], dim: int | None) -> list[str]:
         if isinstance(texts, str):
             raise ValueError(
@@ -59,20 +102,132 @@ class Embedder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"texts[{i}] is {type(t).__name__}, not str")
+        self._check_dim(dim)
+        return texts
+
+    def _check_dim(self, dim: int | None) -> None:
         if dim is not None and dim not in self.manifest.allowed_dims:
             raise ValueError(
                 f"dim {dim} is not allowed; allowed sizes: {self.manifest.allowed_dims}"
             )
-        return texts
 
-    def run_batch(self, ids: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
-        """One padded forward pass; returns float32 [len(ids), hidden]."""
+    def _check_finite(self, out: np.ndarray) -> None:
+        if not np.isfinite(out).all():
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+            raise FloatingPointError(
+                f"the model produced NaN/Inf for {len(bad)} text(s) (first index {int(bad[0])}); "
+                f"precision {self.manifest.precision} may overflow for this model"
+            )
+
+    # -- building blocks ----------------------------------------------------------------------
+
+    def tokenize(
+        self, texts: Sequence[str], *, instruction: str | None = None
+    ) -> tuple[list[list[int]], list[list[int]], int, int]:
+        """Validate, format and tokenise: (ids, type_ids, texts truncated, tokens dropped).
+        Does not warn; callers decide how to report truncation."""
+        texts = self._check(texts, None)
+        enc = self.encoder.encode(self.encoder.format(texts, instruction), warn=False)
+        return enc.ids, enc.type_ids, enc.truncated, enc.dropped
+
+    def _feed(self, ids: list[list[int]], type_ids: list[list[int]]) -> dict[str, np.ndarray]:
         input_ids, mask = pad_right(ids)
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = pad_right(type_ids)[0]
-        (out,) = self.session.run([self._output], feed)
+        return feed
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        if not self.io_binding:
+            (out,) = self.session.run([self._output], feed)
+            return np.asarray(out, dtype=np.float32)
+        binding = self.session.io_binding()
+        if self.on_cuda:
+            for name, arr in feed.items():  # one host-to-device copy per input
+                binding.bind_ortvalue_input(
+                    name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self._device_id)
+                )
+            binding.bind_output(self._output, "cuda", self._device_id)
+        else:
+            for name, arr in feed.items():
+                binding.bind_cpu_input(name, arr)
+            binding.bind_output(self._output, "cpu")
+        self.session.run_with_iobinding(binding)
+        # only the bound [batch, dim] float32 output comes back (token_embeddings never does)
+        (out,) = binding.copy_outputs_to_cpu()
         return np.asarray(out, dtype=np.float32)
+
+    def run_batch(self, ids: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
+        """One padded forward pass; returns float32 [len(ids), hidden]."""
+        return self._run(self._feed(ids, type_ids))
+
+    def prepare(
+        self,
+        ids: list[list[int]],
+        type_ids: list[list[int]] | None = None,
+        *,
+        batch_size: int = 32,
+        truncated: int = 0,
+        dropped: int = 0,
+    ) -> Prepared:
+        """Pack tokenised rows into token-budget batches (at most `batch_size` rows each)."""
+        if type_ids is None:
+            type_ids = [[0] * len(r) for r in ids]
+        lengths = [len(r) for r in ids]
+        batches = [
+            (idx, self._feed([ids[i] for i in idx], [type_ids[i] for i in idx]))
+            for idx in plan_batches(lengths, self.max_batch_tokens, batch_size)
+        ]
+        return Prepared(len(ids), batches, lengths, truncated, dropped)
+
+    def run_prepared(self, prepared: Prepared) -> np.ndarray:
+        """Run every batch; float32 [n, hidden] in the original row order, NaN/Inf checked."""
+        out = np.empty((prepared.n, self.dim), dtype=np.float32)
+        for idx, feed in prepared.batches:
+            out[idx] = self._run(feed)
+        self._check_finite(out)
+        return out
+
+    def truncate_dim(self, out: np.ndarray, dim: int | None) -> np.ndarray:
+        """Matryoshka: keep the first `dim` values and renormalise (when the model normalises)."""
+        self._check_dim(dim)
+        if dim is None or dim == self.dim:
+            return out
+        out = out[:, :dim]
+        if self.manifest.normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _prepare_texts(self, texts: Sequence[str], instruction: str | None, rows: int) -> Prepared:
+        ids, type_ids, truncated, dropped = self.tokenize(texts, instruction=instruction)
+        return self.prepare(ids, type_ids, batch_size=rows, truncated=truncated, dropped=dropped)
+
+    def _pipeline(
+        self, chunks: Iterable[Sequence[str]], instruction: str | None, rows: int
+    ) -> Iterator[tuple[Prepared, np.ndarray]]:
+        """Tokenise chunk k+1 in a helper thread while chunk k runs."""
+        it = iter(chunks)
+
+        def next_prepared() -> Prepared | None:
+            chunk = next(it, None)
+            return None if chunk is None else self._prepare_texts(chunk, instruction, rows)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="qexport-tokenize") as pool:
+            pending = pool.submit(next_prepared)
+            while (prepared := pending.result()) is not None:
+                pending = pool.submit(next_prepared)
+                yield prepared, self.run_prepared(prepared)
+
+    @staticmethod
+    def _warn_truncation(truncated: int, dropped: int, max_length: int) -> None:
+        if truncated:
+            warnings.warn(
+                f"{truncated} text(s) longer than max_length {max_length} were truncated: "
+                f"{dropped} token(s) dropped",
+                stacklevel=3,
+            )
+
+    # -- public entry points ------------------------------------------------------------------
 
     def embed(
         self,
@@ -83,25 +238,40 @@ class Embedder:
         batch_size: int = 32,
     ) -> np.ndarray:
         """Embed `texts` (documents as they are; queries with `instruction`), returning float32
-        [len(texts), dim or hidden], rows L2-normalised, in input order."""
+        [len(texts), dim or hidden], rows L2-normalised, in input order.
+
+        Batches hold at most `batch_size` rows and `max_batch_tokens` padded tokens."""
         texts = self._check(texts, dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        enc = self.encoder.encode(self.encoder.format(texts, instruction))
-        order = np.argsort([len(r) for r in enc.ids], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.run_batch([enc.ids[i] for i in idx], [enc.type_ids[i] for i in idx])
-        if not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-            raise FloatingPointError(
-                f"the model produced NaN/Inf for {len(bad)} text(s) (first index {int(bad[0])}); "
-                f"precision {self.manifest.precision} may overflow for this model"
-            )
-        if dim is not None and dim != self.dim:
-            out = out[:, :dim]
-            if self.manifest.normalize:
-                out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-            out = np.ascontiguousarray(out, dtype=np.float32)
-        return out
+        windows = [texts[i : i + WINDOW] for i in range(0, len(texts), WINDOW)]
+        if len(windows) == 1:
+            prepared = self._prepare_texts(texts, instruction, batch_size)
+            parts = [(prepared, self.run_prepared(prepared))]
+        else:
+            parts = list(self._pipeline(windows, instruction, batch_size))
+        self._warn_truncation(
+            sum(p.truncated for p, _ in parts),
+            sum(p.dropped for p, _ in parts),
+            self.encoder.max_length,
+        )
+        out = parts[0][1] if len(parts) == 1 else np.concatenate([o for _, o in parts])
+        return self.truncate_dim(out, dim)
+
+    def embed_chunks(
+        self,
+        chunks: Iterable[Sequence[str]],
+        *,
+        instruction: str | None = None,
+        dim: int | None = None,
+        batch_size: int = 256,
+    ) -> Iterator[np.ndarray]:
+        """Embed a stream of text chunks (e.g. a corpus read piece by piece), yielding one
+        float32 [len(chunk), dim or hidden] array per chunk, in order. The next chunk is read
+        and tokenised in a helper thread while the current one runs."""
+        self._check_dim(dim)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for prepared, out in self._pipeline(chunks, instruction, batch_size):
+            self._warn_truncation(prepared.truncated, prepared.dropped, self.encoder.max_length)
+            yield self.truncate_dim(out, dim)

@@ -1,0 +1,138 @@
+"""`qexport embed ARTIFACT INPUT -o OUTPUT`: embed a corpus file, resumably.
+
+The local engine (default) runs in this process; `--engine ray` hands the same job to
+`qexport.corpus.ray_engine.embed_corpus_ray` (optional extra `qexport[ray]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import UsageError
+
+RAY_HINT = '--engine ray needs Ray: pip install "qexport[ray]"'
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_actors(text: str) -> str:
+    """Check `N` or `MIN:MAX` (an autoscaling actor pool); passed on to Ray as the string."""
+    if ":" in text:
+        lo, _, hi = text.partition(":")
+        if _positive(lo) > _positive(hi):
+            raise argparse.ArgumentTypeError(f"--actors {text}: MIN is larger than MAX")
+    else:
+        _positive(text)
+    return text
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "embed",
+        help="embed a corpus (.txt, .jsonl, .parquet) into .npy or .parquet, resumably",
+        description=(
+            "Embed every record of INPUT. An interrupted run, started again with the same "
+            "arguments, resumes from OUTPUT.parts/ and writes every id exactly once."
+        ),
+    )
+    e.add_argument("artifact", help="artifact folder")
+    e.add_argument("input", help=".txt (a text per line), .jsonl or .parquet")
+    e.add_argument("-o", "--output", required=True, help=".npy or .parquet (id, embedding)")
+    e.add_argument("--instruction", default=None, help="query instruction (queries only)")
+    e.add_argument("--dim", type=_positive, default=None, help="Matryoshka dimension")
+    e.add_argument(
+        "--max-batch-tokens",
+        type=_positive,
+        default=16384,
+        help="padded tokens per forward pass (default 16384)",
+    )
+    e.add_argument("--engine", choices=("local", "ray"), default="local")
+    e.add_argument("--id-column", default="id", help="id field/column (default id)")
+    e.add_argument("--text-column", default="text", help="text field/column (default text)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help="rows per forward pass at most (local, default 256); rows per Ray batch (ray)",
+    )
+    e.add_argument(
+        "--chunk-rows",
+        type=_positive,
+        default=1024,
+        help="rows per committed part (local engine; default 1024)",
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    ray = e.add_argument_group("ray engine")
+    ray.add_argument("--address", default=None, help="Ray cluster: auto or ray://HOST:PORT")
+    ray.add_argument("--actors", type=parse_actors, default=None, help="N or MIN:MAX")
+    ray.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor")
+    ray.add_argument("--checkpoint-dir", default=None, help="Ray Data checkpoint folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return _run_ray(args)
+    ray_only = ("address", "actors", "gpus_per_actor", "checkpoint_dir")
+    given = [f"--{n.replace('_', '-')}" for n in ray_only if getattr(args, n) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply to --engine ray")
+    from ..corpus.local import embed_corpus_local
+
+    summary = embed_corpus_local(
+        args.artifact,
+        args.input,
+        args.output,
+        instruction=args.instruction,
+        dim=args.dim,
+        max_batch_tokens=args.max_batch_tokens,
+        id_column=args.id_column,
+        text_column=args.text_column,
+        device=args.device,
+        batch_size=args.batch_size or 256,
+        chunk_rows=args.chunk_rows,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    rate = (summary.rows - summary.resumed) / max(summary.seconds, 1e-9)
+    resumed = f", {summary.resumed} resumed" if summary.resumed else ""
+    print(
+        f"embedded {summary.rows} texts{resumed} -> {summary.output} "
+        f"(dim {summary.dim}) in {summary.seconds:.1f} s ({rate:.1f} texts/s)"
+    )
+    return 0
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    try:
+        import ray  # noqa: F401  (only for --engine ray)
+    except ImportError:
+        raise UsageError(RAY_HINT) from None
+    from ..corpus.ray_engine import embed_corpus_ray
+
+    stats = embed_corpus_ray(
+        artifact=args.artifact,
+        input=args.input,
+        output=args.output,
+        instruction=args.instruction,
+        dim=args.dim,
+        max_batch_tokens=args.max_batch_tokens,
+        id_column=args.id_column,
+        text_column=args.text_column,
+        address=args.address,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        batch_size=args.batch_size,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+    if isinstance(stats, dict):
+        print(f"ray engine -> {args.output}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return 0

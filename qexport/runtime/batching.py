@@ -1,0 +1,50 @@
+"""Token-budget batching: sort by length, pack rows while rows x longest <= the budget.
+
+Padding waste stays small because every batch holds rows of similar length, and the batch
+size adapts to the length: many short texts per batch, few long ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_rows: int = 1 << 30,
+) -> list[np.ndarray]:
+    """Split row indices into batches, longest first, so that each batch's padded size
+    (rows x longest row) is at most `max_batch_tokens` and it has at most `max_rows` rows.
+
+    A row longer than the budget gets a batch of its own. Every index appears exactly once.
+    """
+    if max_batch_tokens < 1:
+        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    if max_rows < 1:
+        raise ValueError(f"batch_size must be >= 1, got {max_rows}")
+    lens = np.asarray(lengths, dtype=np.int64)
+    # longest first: the most memory-hungry batch runs first (fail fast), and within a batch
+    # the first row sets the padded width
+    order = np.argsort(-lens, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        width = max(int(lens[order[start]]), 1)
+        rows = max(1, min(max_rows, max_batch_tokens // width, n - start))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def padding_ratio(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> float:
+    """Padded tokens / real tokens (1.0 = no padding) for a batch plan."""
+    lens = np.asarray(lengths, dtype=np.int64)
+    padded = sum(len(b) * int(lens[b].max()) for b in batches if len(b))
+    real = int(lens.sum())
+    return padded / max(real, 1)
