@@ -1,0 +1,261 @@
+"""`qexport embed --engine ray`: Ray Data engine, resumable and exactly-once.
+
+The Ray tests share one local Ray cluster (2 CPUs, 2 embedding actors of 0.5 CPU each) and a
+20,000-row corpus; every vector is compared with `Embedder.embed` run in this process. They
+skip when Ray is not installed (`pip install 'qexport[ray]'`); CI installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qexport.corpus.ray_engine import (
+    EmbedBatch,
+    embed_corpus_ray,
+    input_format,
+    local_cpus,
+    make_job,
+    parse_actors,
+    run_job,
+)
+
+pa = pytest.importorskip("pyarrow")  # comes with qexport[ray]
+pq = pytest.importorskip("pyarrow.parquet")
+
+N_ROWS = 20_000
+WORDS = "river stone quiet lamp orbit maple signal harbor velvet ember".split()
+
+# ------------------------------------------------------------------ no Ray needed
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"), [(None, None), ("3", (3, 3)), ("1:4", (1, 4)), (2, (2, 2))]
+)
+def test_parse_actors(spec, want):
+    assert parse_actors(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["0", "3:2", "a", "1:2:3", "-1"])
+def test_parse_actors_rejects(spec):
+    with pytest.raises(ValueError, match="--actors must be"):
+        parse_actors(spec)
+
+
+def test_input_format_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist or holds no files"):
+        input_format(str(tmp_path / "missing.parquet"))
+    (tmp_path / "a.parquet").write_bytes(b"")
+    (tmp_path / "b.csv").write_text("x")
+    with pytest.raises(ValueError, match=r"one kind, found \['.csv', '.parquet'\]"):
+        input_format(str(tmp_path))
+    (tmp_path / "b.csv").unlink()
+    (tmp_path / "_SUCCESS").write_text("")  # hidden names are not data
+    assert input_format(str(tmp_path)) == ("parquet", [str(tmp_path / "a.parquet")])
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    # sized as the engine sizes a Ray it starts itself: the cores plus Ray Data's I/O operators
+    ray.init(num_cpus=local_cpus(), include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def _texts(n: int) -> list[str]:
+    return [" ".join(WORDS[(i * 7 + j * 3) % 10] for j in range(1 + i % 5)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ray-corpus") / "corpus.parquet"
+    ids = [f"doc-{i:05d}" for i in range(N_ROWS)]
+    pq.write_table(pa.table({"id": ids, "text": _texts(N_ROWS)}), path)
+    return path, ids
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_artifact, corpus):
+    """id -> Embedder.embed vector, computed in this process without Ray."""
+    from qexport.runtime import Embedder
+
+    _, ids = corpus
+    vectors = Embedder(tiny_artifact, device="cpu").embed(_texts(N_ROWS))
+    return dict(zip(ids, vectors, strict=True))
+
+
+def _read_output(folder: Path) -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(folder)
+    assert table.schema.field("id").type == pa.string()
+    assert table.schema.field("embedding").type == pa.list_(pa.float32())
+    ids = table["id"].to_pylist()
+    vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    return ids, vectors
+
+
+def _assert_exactly_once(folder: Path, want_ids: list[str], reference: dict) -> None:
+    ids, vectors = _read_output(folder)
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicated ids"
+    assert sorted(ids) == sorted(want_ids)
+    want = np.stack([reference[i] for i in ids])
+    np.testing.assert_allclose(vectors, want, atol=1e-5, rtol=0)
+
+
+def _committed_ids(checkpoint_dir: Path) -> set[str]:
+    """Ids of the committed checkpoints (Ray's `*.pending.parquet` are not committed)."""
+    files = [f for f in checkpoint_dir.glob("*.parquet") if not f.name.endswith(".pending.parquet")]
+    return {i for f in files for i in pq.read_table(f, columns=["id"])["id"].to_pylist()}
+
+
+def _job(tiny_artifact, src, out, **kw):
+    return dict(
+        artifact=tiny_artifact,
+        input=src,
+        output=out,
+        checkpoint_dir=out.parent / (out.name + "-ckpt"),
+        actors="2",
+        batch_size=500,
+        **kw,
+    )
+
+
+def _make_udf(kind: str, marker: Path, on_call: int, after_commits: Path | None = None) -> type:
+    """A subclass of the engine's actor class that dies (os._exit) or raises on its
+    `on_call`-th batch or later, once across all actors (the first actor to remove `marker`
+    does it); with `after_commits`, only once that checkpoint folder holds committed files."""
+
+    def committed() -> int:
+        if after_commits is None:
+            return 1
+        return len([f for f in after_commits.glob("*.parquet") if ".pending" not in f.name])
+
+    class FaultyEmbedBatch(EmbedBatch):
+        def __call__(self, batch):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls >= on_call and marker.exists() and committed() > 0:
+                try:
+                    marker.unlink()
+                except FileNotFoundError:
+                    pass
+                else:
+                    marker.with_suffix(".fired").write_text(str(os.getpid()))
+                    if kind == "die":
+                        os._exit(1)
+                    raise RuntimeError("injected failure")
+            return super().__call__(batch)
+
+    return FaultyEmbedBatch
+
+
+def _run_with(udf, **kwargs):
+    return run_job(make_job(**kwargs), udf=udf)
+
+
+# ------------------------------------------------------------------ Ray tests
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_actor_dies_mid_run(ray_cluster, tiny_artifact, corpus, reference, tmp_path):
+    """(a) one actor exits hard on its 4th batch; Ray restarts it and retries the batch:
+    every id is written exactly once, with the vectors of Embedder.embed."""
+    src, ids = corpus
+    marker = tmp_path / "die.marker"
+    marker.write_text("")
+    out = tmp_path / "out"
+    stats = _run_with(_make_udf("die", marker, 4), **_job(tiny_artifact, src, out))
+    assert not marker.exists() and marker.with_suffix(".fired").exists(), "no actor died"
+    assert stats["rows_written"] == N_ROWS and stats["rows_skipped"] == 0
+    _assert_exactly_once(out, ids, reference)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_failed_run_resumes_exactly_once(ray_cluster, tiny_artifact, corpus, reference, tmp_path):
+    """(b) a batch raises (user errors are not retried): the run fails midway, after some
+    batches were committed. The same command again writes only the missing ids. (A run over
+    a finished output writes nothing: test_inputs_with_and_without_ids.)"""
+    src, ids = corpus
+    marker = tmp_path / "fail.marker"
+    marker.write_text("")
+    out = tmp_path / "out"
+    job = _job(tiny_artifact, src, out)
+    with pytest.raises(RuntimeError, match=r"the Ray job failed .*injected failure.* resume"):
+        _run_with(_make_udf("raise", marker, 6, after_commits=job["checkpoint_dir"]), **job)
+    assert marker.with_suffix(".fired").exists()
+    done_ids = _committed_ids(job["checkpoint_dir"])
+    assert 0 < len(done_ids) < N_ROWS, "the first run should stop midway"
+
+    stats = embed_corpus_ray(**job)
+    assert stats["rows_skipped"] == len(done_ids)
+    assert stats["rows_written"] == N_ROWS - len(done_ids)
+    _assert_exactly_once(out, ids, reference)
+
+
+@pytest.mark.ray
+def test_inputs_with_and_without_ids(ray_cluster, tiny_artifact, tmp_path):
+    """.txt and id-less .parquet: ids are 1-based line / row numbers (as the local engine
+    numbers them); .jsonl with integer ids: written as strings, and a second run recognises
+    them as done (Ray alone compares raw values, and int != str)."""
+    from qexport.runtime import Embedder
+
+    texts = _texts(300)
+    texts[7] = ""  # an empty line is a text too
+    emb = Embedder(tiny_artifact, device="cpu")
+    want = emb.embed(texts)
+
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("\n".join(texts) + "\n")
+    noid = tmp_path / "noid.parquet"
+    pq.write_table(pa.table({"body": texts}), noid, row_group_size=100)
+    for src, kw in ((txt, {}), (noid, {"text_column": "body"})):
+        out = tmp_path / f"{src.stem}-out"
+        embed_corpus_ray(artifact=tiny_artifact, input=src, output=out, actors="1", **kw)
+        ids, vectors = _read_output(out)
+        assert sorted(ids, key=int) == [str(i) for i in range(1, 301)]
+        np.testing.assert_allclose(vectors, want[[int(i) - 1 for i in ids]], atol=1e-5, rtol=0)
+
+    jsonl = tmp_path / "corpus.jsonl"
+    rows = [{"doc": 1000 + i, "body": t, "extra": i} for i, t in enumerate(texts)]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "jsonl-out"
+    kw = dict(artifact=tiny_artifact, input=jsonl, output=out, id_column="doc", text_column="body")
+    first = embed_corpus_ray(**kw, actors="1", batch_size=64, dim=64)
+    assert first["rows_written"] == 300
+    second = embed_corpus_ray(**kw, actors="1", batch_size=64, dim=64)
+    assert second["rows_written"] == 0 and second["rows_skipped"] == 300
+    ids, vectors = _read_output(out)
+    assert sorted(ids) == sorted(str(1000 + i) for i in range(300))
+    want = emb.embed(texts, dim=64)
+    np.testing.assert_allclose(vectors, want[[int(i) - 1000 for i in ids]], atol=1e-5, rtol=0)
+
+
+def test_refuses_output_without_checkpoint(tiny_artifact, tmp_path):
+    """An output folder with rows but no checkpoint would be written twice: refused before
+    Ray starts."""
+    pytest.importorskip("ray")
+    src = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), src)
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "embedding": [[0.0]]}), out / "part.parquet")
+    with pytest.raises(ValueError, match="already holds 1 rows but the checkpoint folder"):
+        embed_corpus_ray(artifact=tiny_artifact, input=src, output=out)
+
+
+def test_missing_text_column(tiny_artifact, tmp_path):
+    pytest.importorskip("ray")
+    src = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), src)
+    with pytest.raises(ValueError, match=r"has no 'body' column .* set --text-column"):
+        embed_corpus_ray(
+            artifact=tiny_artifact, input=src, output=tmp_path / "o", text_column="body"
+        )
