@@ -111,3 +111,17 @@ def test_truncation_warns_once_with_totals(tiny_artifact, monkeypatch):
     assert msgs == [
         f"3 text(s) longer than max_length 8 were truncated: {want_dropped} token(s) dropped"
     ]
+
+
+def test_padding_cap_bounds_waste_per_batch():
+    from qexport.runtime.batching import MAX_PADDING_FRACTION, padding_ratio, plan_batches
+
+    rng = np.random.default_rng(3)
+    lens = [int(x) for x in rng.integers(7, 257, size=400)]
+    plan = plan_batches(lens, 16384, 256)
+    arr = np.asarray(lens)
+    for b in plan:  # every batch of 2+ rows keeps padding within the cap
+        if len(b) > 1:
+            assert arr[b].sum() >= (1 - MAX_PADDING_FRACTION) * len(b) * arr[b].max()
+    assert padding_ratio(lens, plan) <= 1 / (1 - MAX_PADDING_FRACTION)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(400))

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import IR_DTYPES, MS_DOMAIN, NP_DTYPES, GraphBuilder
+from ..graph import MS_DOMAIN, GraphBuilder
 from ..weights import WeightSource
+from .base import FamilyBuilder
 
 FLOAT = ir.DataType.FLOAT
 # transformers' ACT2FN name -> the onnxruntime op that computes act(x + bias)
@@ -73,7 +74,8 @@ class BertDims:
         )
 
 
-class BertBuilder:
+class BertBuilder(FamilyBuilder):
+    family = "bert"
     model_types = ("bert",)
     # the instance drops token_type_ids when the config has no token types
     input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
@@ -87,33 +89,17 @@ class BertBuilder:
         max_length: int,
         layers: int | None = None,
     ) -> None:
-        self.dims = BertDims.from_config(cfg)
+        super().__init__(BertDims.from_config(cfg), weights, precision, max_length, layers)
         if max_length > self.dims.max_positions:
             raise ValueError(
                 f"bert: max_length {max_length} exceeds max_position_embeddings "
                 f"{self.dims.max_positions}"
             )
-        self.weights = weights
-        self.precision = precision
-        self.max_length = max_length
-        self.n_layers = self.dims.layers if layers is None else layers
-        self.np_dtype = NP_DTYPES[precision]
-        self.ir_dtype = IR_DTYPES[precision]
         self.input_names = ("input_ids", "attention_mask") + (
             ("token_type_ids",) if self.dims.type_vocab > 0 else ()
         )
 
-    @property
-    def hidden_size(self) -> int:
-        return self.dims.hidden
-
     # -- weights --------------------------------------------------------------------------
-    def _check(self, *names: str) -> None:
-        keys = set(self.weights.keys())
-        for name in names:
-            if name not in keys:
-                raise ValueError(f"bert: weight {name!r} missing from the checkpoint")
-
     def _w(self, g: GraphBuilder, name: str, *, fp32: bool = False) -> ir.Value:
         """A tensor as stored (embedding tables, biases, LayerNorm gamma/beta)."""
         self._check(name)
@@ -148,12 +134,6 @@ class BertBuilder:
             return np.concatenate([src.load(n) for n in names])
 
         return g.weight(prefixes[0] + ".qkv_bias", shape, dtype, load)
-
-    def _to_compute(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
-        return x if self.precision == "fp32" else g.cast(x, self.ir_dtype)
-
-    def _to_fp32(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
-        return x if self.precision == "fp32" else g.cast(x, FLOAT)
 
     def _skip_ln(
         self, g: GraphBuilder, x: ir.Value, skip: ir.Value, prefix: str, bias: str

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import IR_DTYPES, MS_DOMAIN, NP_DTYPES, GraphBuilder
+from ..graph import MS_DOMAIN, GraphBuilder
 from ..weights import WeightSource
+from .base import FamilyBuilder
 
 FLOAT = ir.DataType.FLOAT
 
@@ -75,7 +76,8 @@ def rope_cache(head_dim: int, theta: float, rows: int) -> tuple[np.ndarray, np.n
     return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
 
 
-class Qwen3Builder:
+class Qwen3Builder(FamilyBuilder):
+    family = "qwen3"
     model_types = ("qwen3",)
     input_names = ("input_ids", "attention_mask")
     strip_prefixes = ("model.",)
@@ -88,41 +90,22 @@ class Qwen3Builder:
         max_length: int,
         layers: int | None = None,
     ) -> None:
-        self.dims = Qwen3Dims.from_config(cfg)
+        super().__init__(Qwen3Dims.from_config(cfg), weights, precision, max_length, layers)
         if self.dims.head_dim % 16:
             raise ValueError(
                 f"qwen3: head_dim {self.dims.head_dim} must be a multiple of 16 for GroupQueryAttention"
             )
-        self.weights = weights
-        self.precision = precision
-        self.max_length = max_length
-        self.n_layers = self.dims.layers if layers is None else layers
-        self.np_dtype = NP_DTYPES[precision]
-        self.ir_dtype = IR_DTYPES[precision]
-
-    @property
-    def hidden_size(self) -> int:
-        return self.dims.hidden
 
     # -- weights --------------------------------------------------------------------------
     def _w(
         self, g: GraphBuilder, name: str, *, transpose: bool = False, fp32: bool = False
     ) -> ir.Value:
+        self._check(name)
         src = self.weights
-        if name not in src.keys():
-            raise ValueError(f"qwen3: weight {name!r} missing from the checkpoint")
         shape = src.shape(name)
-        dtype = np.dtype(np.float32) if fp32 else self.np_dtype
-        if transpose:
-            shape = shape[::-1]
-            return g.weight(name, shape, dtype, lambda: src.load(name).T)
-        return g.weight(name, shape, dtype, lambda: src.load(name))
-
-    def _to_compute(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
-        return x if self.precision == "fp32" else g.cast(x, self.ir_dtype)
-
-    def _to_fp32(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
-        return x if self.precision == "fp32" else g.cast(x, FLOAT)
+        if transpose:  # nn.Linear [out, in] -> MatMul operand [in, out]
+            return g.weight(name, shape[::-1], self._dtype(fp32), lambda: src.load(name).T)
+        return g.weight(name, shape, self._dtype(fp32), lambda: src.load(name))
 
     # -- graph ----------------------------------------------------------------------------
     def build(self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value) -> ir.Value:
