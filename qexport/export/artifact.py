@@ -16,8 +16,10 @@ import onnx_ir as ir
 from ..manifest import EXTERNAL_DATA_NAME, GRAPH_NAME, MANIFEST_NAME, Manifest, sha256_file
 
 # Above this, weights are streamed to one external data file (a tensor at a time) instead of
-# being serialised inside the protobuf, which needs the whole model in memory (about 3x).
-EXTERNAL_THRESHOLD = 1 << 30
+# being serialised inside the protobuf, which needs the whole model in memory (about 3x) at
+# export, and makes onnxruntime hold the weights twice at load (measured, 4 layers of the 0.6B
+# width: 1,504 MB peak RSS inline vs 840 MB with external data at 1,024 tokens).
+EXTERNAL_THRESHOLD = 256 << 20
 
 
 class OutputError(ValueError):
