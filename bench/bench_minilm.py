@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from qexport.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -33,16 +34,6 @@ def load_texts(kind: str, n: int) -> list[str]:
     from qexport.validate.retrieval import load_beir
 
     return load_beir(SHARED / "scifact").corpus_texts[:n]
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM (reset by exec, unlike ru_maxrss, which keeps the
-    parent's high-water mark across fork + exec)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(args: argparse.Namespace) -> None:

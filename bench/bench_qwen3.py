@@ -32,22 +32,15 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the optimum worker runs in a virtualenv without qexport
+from qexport.memory import peak_rss_mb  # noqa: E402
+
 SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 TOK = SHARED / "qwen3-embedding" / "0.6B"
 EOS = 151643
 CAP_GB = 14
 
 
-def peak_rss_mb() -> float:
-    """VmHWM of this process: unlike ru_maxrss it does not inherit the parent's peak."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-# ---------------------------------------------------------------- worker (fresh process) --
 def _ort_session(path: str):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 

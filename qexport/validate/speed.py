@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..memory import peak_rss_mb, reset_peak_rss
+
 ENGINES = ("onnxruntime", "pytorch")
 
 # Dense peak FLOP/s by GPU name (tensor cores for 16-bit; fp32 without TF32)
@@ -99,34 +101,6 @@ def gpu_peak_flops(gpu_name: str | None, precision: str) -> float | None:
 
 
 # ----------------------------------------------------------------------------- worker
-
-
-def _rss_peak_mb() -> float | None:
-    """Peak RSS of this process: VmHWM (Linux; per address space, so not inherited from the
-    parent as ru_maxrss is), else ru_maxrss."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
-
-
-def _reset_rss_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class _NvmlPeak:
@@ -210,14 +184,14 @@ def _emit(event: dict[str, Any]) -> None:
 
 
 def worker(cfg: dict[str, Any]) -> None:
-    rss0 = _rss_peak_mb()
+    rss0 = peak_rss_mb()
     embed, gpu, info = _load(cfg)
-    _emit({"event": "loaded", "rss_peak_mb": _rss_peak_mb(), "rss_before_load_mb": rss0, **info})
+    _emit({"event": "loaded", "rss_peak_mb": peak_rss_mb(), "rss_before_load_mb": rss0, **info})
     per_length = True
     for cell in cfg["cells"]:
         texts, b = cell["texts"], cell["batch_size"]
         if cell.get("first_of_length"):
-            per_length = _reset_rss_peak() and per_length
+            per_length = reset_peak_rss() and per_length
             if gpu is not None:
                 gpu.reset()
         for _ in range(cfg["warmup"]):
@@ -239,7 +213,7 @@ def worker(cfg: dict[str, Any]) -> None:
                 "length": cell["length"],
                 "tokens": cell["tokens"],
                 "latencies_s": times,
-                "rss_peak_mb": _rss_peak_mb(),
+                "rss_peak_mb": peak_rss_mb(),
                 "gpu_peak_mb": None if gpu_peak is None else gpu_peak / 2**20,
             }
         )

@@ -8,15 +8,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-
-def peak_rss_mb() -> float:
-    """VmHWM of this process: unlike ru_maxrss it does not inherit the parent's peak."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
+from qexport.memory import peak_rss_mb
 
 model, ids_path, out_path = sys.argv[1:4]
 data = np.load(ids_path)
