@@ -27,6 +27,16 @@ class Section:
     tables: list[tuple[list[str], list[list[Any]]]] = field(default_factory=list)
 
 
+def _worst_table(first: str, worst: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The worst texts of a fidelity check as a table: index, cosine, diff, tokens, text."""
+    header = [first, "cosine", "max abs diff", "tokens", "text"]
+    rows = [
+        [w["index"], _fmt(w["cosine"]), _fmt(w["max_abs_diff"]), w["tokens"], _short(w["text"])]
+        for w in worst
+    ]
+    return header, rows
+
+
 def _fmt(v: Any, digits: int = 8) -> str:
     if v is None:
         return "–"
@@ -85,21 +95,7 @@ def sections(r: dict[str, Any]) -> list[Section]:
         f"{_fmt(pt['cosine_mean'])}; max abs diff {_fmt(pt['max_abs_diff'])}; "
         f"non-finite embeddings: {pt['nonfinite']}."
     )
-    s.tables.append(
-        (
-            ["worst texts", "cosine", "max abs diff", "tokens", "text"],
-            [
-                [
-                    w["index"],
-                    _fmt(w["cosine"]),
-                    _fmt(w["max_abs_diff"]),
-                    w["tokens"],
-                    _short(w["text"]),
-                ]
-                for w in pt["worst"]
-            ],
-        )
-    )
+    s.tables.append(_worst_table("worst texts", pt["worst"]))
     rows = []
     for name, key in (
         ("batched vs alone", "batch_vs_single"),
@@ -284,21 +280,7 @@ def _failure(c: dict[str, Any]) -> Section:
     )
     d = c.get("detail")
     if isinstance(d, dict) and "worst_texts" in d:
-        s.tables.append(
-            (
-                ["index", "cosine", "max abs diff", "tokens", "text"],
-                [
-                    [
-                        w["index"],
-                        _fmt(w["cosine"]),
-                        _fmt(w["max_abs_diff"]),
-                        w["tokens"],
-                        _short(w["text"]),
-                    ]
-                    for w in d["worst_texts"]
-                ],
-            )
-        )
+        s.tables.append(_worst_table("index", d["worst_texts"]))
     elif isinstance(d, dict) and "worst_queries" in d:
         s.tables.append(
             (
