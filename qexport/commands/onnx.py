@@ -44,7 +44,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--block-size",
         type=int,
         default=None,
-        help="MatMulNBits block size (default 128 for int8, 32 for int4)",
+        help="MatMulNBits block size (default 32)",
     )
     q.add_argument(
         "--accuracy-level",
@@ -58,6 +58,27 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE",
         help="calibration and check texts, one per line (default: the built-in set)",
+    )
+    q.add_argument(
+        "--method",
+        default=None,
+        choices=("rtn", "gptq"),
+        help="int8/int4 weights: round-to-nearest or GPTQ from the calibration texts "
+        "(default: rtn for int8, gptq for int4)",
+    )
+    q.add_argument(
+        "--zero-points",
+        default=None,
+        choices=("symmetric", "asymmetric"),
+        help="int8/int4 with gptq: symmetric blocks or blocks with a zero point "
+        "(default: symmetric for int8, asymmetric for int4)",
+    )
+    q.add_argument(
+        "--min-cosine",
+        type=float,
+        default=None,
+        help="the fidelity bar the check texts must hold, else the export is refused "
+        "(default 0.995 int8, 0.98 int4, 0.99 int8-dynamic)",
     )
     q.add_argument(
         "--no-check",
@@ -81,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.precision == "int8-dynamic" and args.device != "cpu":
         raise UsageError("int8-dynamic is CPU only; use --precision int8 or int4 for cuda")
+    if args.min_cosine is not None and not 0.0 < args.min_cosine <= 1.0:
+        raise UsageError(f"--min-cosine must be in (0, 1], got {args.min_cosine}")
+    if args.zero_points == "asymmetric" and args.method == "rtn":
+        raise UsageError("--zero-points asymmetric needs --method gptq")
     if args.calibration is not None and not Path(args.calibration).is_file():
         raise UsageError(f"--calibration file {args.calibration!r} does not exist")
     opts = ExportOptions(
@@ -97,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
             accuracy_level=args.accuracy_level,
             calibration=args.calibration,
             check=not args.no_check,
+            method=args.method,
+            symmetric=None if args.zero_points is None else args.zero_points == "symmetric",
+            min_cosine=args.min_cosine,
         ),
     )
     manifest = export_onnx(args.model, args.output, opts)

@@ -14,7 +14,7 @@ import pytest
 
 from qexport.cli import main
 from qexport.export.api import ExportOptions, build_model, export_onnx
-from qexport.export.quantize import QuantizationRefused, QuantOptions
+from qexport.export.quantize import MAX_WIDER_FRACTION, QuantizationRefused, QuantOptions
 from qexport.export.quantize.calibration import Batches, encoder_for, load_texts
 from qexport.export.quantize.dynamic import quantize_per_channel
 from qexport.export.quantize.matmul_nbits import apply_matmul_nbits
@@ -159,17 +159,24 @@ def test_fidelity_vs_pytorch(tmp_path, references, model, precision):
     else:
         assert q["method"] == "MatMulNBits"
         assert q["bits"] == (8 if precision == "int8" else 4)
-        assert q["block_size"] == (128 if precision == "int8" else 32)
+        assert q["block_size"] == 32
         assert q["accuracy_level"] == 4
-        # projection weights vs fp16: int8 1 + 4/128 bytes per weight, int4 0.5 + 4/32
-        # (fp32 scales on the CPU base), i.e. about a half and a third
+        # bytes per projection weight: int8 1 + 4/32 (fp32 scales on the CPU base), about
+        # half of fp16; int4 0.5 + 4/32 + 0.5/32 (asymmetric), about a third, plus at most
+        # MAX_WIDER_FRACTION of the weights in int8 (1 + 4/32)
         cfg = resolve(model).config
         h, f, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
         q_dim, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
         params = cfg["num_hidden_layers"] * (2 * h * q_dim + 2 * h * kv + 3 * h * f)
-        ratio = q["quantized_weight_bytes"] / (2 * params)
-        expected = (1 + 4 / 128) / 2 if precision == "int8" else (0.5 + 4 / 32) / 2
-        assert ratio == pytest.approx(expected, rel=0.02)
+        per_weight = q["quantized_weight_bytes"] / params
+        if precision == "int8":
+            assert q["weights"] == "round-to-nearest" and q["symmetric"] is True
+            assert per_weight == pytest.approx(1 + 4 / 32, rel=0.02)
+        else:
+            assert q["weights"] == "gptq" and q["symmetric"] is False
+            int4 = 0.5 + 4 / 32 + 0.5 / 32
+            wider = MAX_WIDER_FRACTION * (1 + 4 / 32 - int4)
+            assert int4 * 0.98 <= per_weight <= (int4 + wider) * 1.02, per_weight
     saved = json.loads((out / "qexport.json").read_text())
     assert saved["quantization"]["check"]["min_cosine"] == q["check"]["min_cosine"]
 

@@ -32,11 +32,23 @@ def quantized(tmp_path_factory, minilm_dir):  # type: ignore[no-untyped-def]
     return get
 
 
+def _held_out() -> list[str]:
+    """200 STS-B test sentences: texts the calibration (the built-in set) never saw."""
+    from qexport.validate.sts import load_sts
+
+    return load_sts(need_shared(SHARED / "data" / "stsb" / "test.tsv")).sentences[::9][:200]
+
+
 @pytest.fixture(scope="module")
-def st_reference(minilm_dir):  # type: ignore[no-untyped-def]
+def fidelity_texts() -> list[str]:
+    return list(BUILTIN_TEXTS) + _held_out()
+
+
+@pytest.fixture(scope="module")
+def st_reference(minilm_dir, fidelity_texts):  # type: ignore[no-untyped-def]
     from qexport.validate.reference import TorchReference
 
-    return TorchReference(str(minilm_dir)).embed(BUILTIN_TEXTS)
+    return TorchReference(str(minilm_dir)).embed(fidelity_texts)
 
 
 @pytest.mark.parametrize(
@@ -47,14 +59,19 @@ def st_reference(minilm_dir):  # type: ignore[no-untyped-def]
             "int4",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="int4 round-to-nearest (block 32) on all-MiniLM-L6-v2 measures min "
-                "cosine ~0.91, below the 0.98 bar (docs/benchmarks.md, Quantization)",
+                reason="int4 on all-MiniLM-L6-v2 (GPTQ, asymmetric, block 32) holds 0.98 on "
+                "the built-in calibration texts but measures min cosine ~0.967 on held-out "
+                "STS-B sentences (round-to-nearest: ~0.90; docs/benchmarks.md, Quantization)",
             ),
         ),
     ],
 )
-def test_minilm_fidelity_vs_sentence_transformers(quantized, st_reference, precision):
-    ours = Embedder(quantized(precision), device="cpu").embed(BUILTIN_TEXTS)
+def test_minilm_fidelity_vs_sentence_transformers(
+    quantized, st_reference, fidelity_texts, precision
+):
+    """Min cosine against sentence-transformers' encode() over the built-in texts plus 200
+    held-out STS-B sentences."""
+    ours = Embedder(quantized(precision), device="cpu").embed(fidelity_texts)
     cos = cosines(ours, st_reference)
     assert cos.min() >= BARS[precision], (precision, float(cos.min()), float(cos.mean()))
 

@@ -132,6 +132,21 @@ class Runner:
                 st.add(a.reshape(-1, a.shape[-1]), x[rows])
         return stats
 
+    def hessians(self, batches: Batches, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """H = X^T X [C, C] (float32) of each named activation [B, S, C] over the unpadded
+        tokens: what GPTQ needs of the calibration data."""
+        out: dict[str, np.ndarray] = {}
+        for _idx, feed in batches.batches:
+            real = feed["attention_mask"].astype(bool)
+            for name, arr in zip(names, self.session.run(list(names), feed), strict=True):
+                x = np.asarray(arr, dtype=np.float32)[real]
+                xtx = x.T @ x
+                if name in out:
+                    out[name] += xtx
+                else:
+                    out[name] = xtx
+        return out
+
 
 @dataclass
 class ActivationStats:

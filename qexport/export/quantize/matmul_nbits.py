@@ -11,12 +11,14 @@ that the result is byte-identical to MatMulNBitsQuantizer's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from ..graph import MS_DOMAIN
+from .gptq import Quantized
 from .targets import Target, drop_initializer, matmul_targets, replace_node
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -46,28 +48,53 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> tuple[np.nd
 
 class _Blockwise:
     """Quantizes one weight on demand; packed and scales come from one computation, kept
-    only until both have been taken."""
+    only until both have been taken. `done` (packed, scales) comes from an earlier pass
+    (GPTQ); otherwise onnxruntime's round-to-nearest kernel runs here."""
 
-    def __init__(self, target: Target, bits: int, block_size: int) -> None:
+    def __init__(
+        self,
+        target: Target,
+        bits: int,
+        block_size: int,
+        done: Quantized | None = None,
+    ) -> None:
         self._source = target.weight.const_value
         self._bits = bits
         self._block_size = block_size
+        self._done = done
         self._parts: dict[int, np.ndarray] = {}
 
     def part(self, index: int, name: str) -> ir.TensorProtocol:
         if index not in self._parts:
-            assert self._source is not None
-            w = self._source.numpy()
-            packed, scales = quantize_blockwise(w, self._bits, self._block_size)
-            self._parts = {0: packed, 1: scales}
+            if self._done is not None:
+                packed, scales, zero_points = self._done.packed()
+                self._done = None
+                self._parts = {0: packed, 1: scales}
+                if zero_points is not None:
+                    self._parts[2] = zero_points
+            else:
+                assert self._source is not None
+                packed, scales = quantize_blockwise(
+                    self._source.numpy(), self._bits, self._block_size
+                )
+                self._parts = {0: packed, 1: scales}
         arr = self._parts.pop(index)
         return ir.tensor(arr, name=name)
 
 
 def apply_matmul_nbits(
-    model: ir.Model, *, bits: int, block_size: int, accuracy_level: int | None
+    model: ir.Model,
+    *,
+    bits: int,
+    block_size: int,
+    accuracy_level: int | None,
+    done: Mapping[str, Quantized] | None = None,
+    wider: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Replace every projection MatMul in place; returns what the manifest records."""
+    """Replace every projection MatMul in place; returns what the manifest records.
+    `done` (weight name -> Quantized) holds weights already quantized (GPTQ); the
+    others are quantized by round-to-nearest when written. `wider` (weight name -> bits)
+    gives some projections more bits than `bits` (mixed precision)."""
     if bits not in (4, 8):
         raise ValueError(f"MatMulNBits bits must be 4 or 8, got {bits}")
     if block_size not in BLOCK_SIZES:
@@ -77,17 +104,21 @@ def apply_matmul_nbits(
     graph = model.graph
     targets = matmul_targets(graph)
     quantized_bytes = 0
+    wider = wider or {}
+    symmetric = True
     for t in targets:
         k, n = t.k, t.n
+        b = wider.get(t.name, bits)
         k_blocks = (k + block_size - 1) // block_size
-        blob = block_size * bits // 8
-        q = _Blockwise(t, bits, block_size)
+        blob = block_size * b // 8
+        pre = done.get(t.name) if done and b == bits else None
+        q = _Blockwise(t, b, block_size, pre)
         dtype = t.weight.const_value.dtype  # type: ignore[union-attr]
         packed = ir.LazyTensor(
-            lambda q=q, nm=f"{t.name}_Q{bits}": q.part(0, nm),
+            lambda q=q, nm=f"{t.name}_Q{b}": q.part(0, nm),
             dtype=ir.DataType.UINT8,
             shape=ir.Shape([n, k_blocks, blob]),
-            name=f"{t.name}_Q{bits}",
+            name=f"{t.name}_Q{b}",
         )
         scales = ir.LazyTensor(
             lambda q=q, nm=f"{t.name}_scales": q.part(1, nm),
@@ -99,15 +130,28 @@ def apply_matmul_nbits(
         scales_v = ir.Value(name=scales.name, const_value=scales)
         graph.register_initializer(packed_v)
         graph.register_initializer(scales_v)
-        attrs: dict[str, Any] = {"K": k, "N": n, "bits": bits, "block_size": block_size}
+        inputs = [t.activation, packed_v, scales_v]
+        if pre is not None and pre.zero_points is not None:
+            zp = ir.LazyTensor(
+                lambda q=q, nm=f"{t.name}_zero_points": q.part(2, nm),
+                dtype=ir.DataType.UINT8,
+                shape=ir.Shape([n, (k_blocks * b + 7) // 8]),
+                name=f"{t.name}_zero_points",
+            )
+            zp_v = ir.Value(name=zp.name, const_value=zp)
+            graph.register_initializer(zp_v)
+            inputs.append(zp_v)
+            quantized_bytes += n * ((k_blocks * b + 7) // 8)
+            symmetric = False
+        attrs: dict[str, Any] = {"K": k, "N": n, "bits": b, "block_size": block_size}
         if accuracy_level:
             attrs["accuracy_level"] = accuracy_level
         node = ir.Node(
             MS_DOMAIN,
             "MatMulNBits",
-            [t.activation, packed_v, scales_v],
+            inputs,
             attributes=[ir.convenience.convert_attribute(a, v) for a, v in attrs.items()],
-            name=(t.node.name or t.name) + f"_Q{bits}",
+            name=(t.node.name or t.name) + f"_Q{b}",
         )
         replace_node(graph, t.node, node)
         drop_initializer(graph, t.weight)
@@ -115,10 +159,12 @@ def apply_matmul_nbits(
     model.opset_imports.setdefault(MS_DOMAIN, 1)
     return {
         "method": "MatMulNBits",
+        "weights": "gptq" if done is not None else "round-to-nearest",
         "bits": bits,
         "block_size": block_size,
-        "symmetric": True,
+        "symmetric": symmetric,
         "accuracy_level": accuracy_level or 0,
         "matmuls_quantized": len(targets),
+        "wider_projections": dict(sorted(wider.items())),
         "quantized_weight_bytes": quantized_bytes,
     }

@@ -1,0 +1,104 @@
+"""GPTQ and the MatMulNBits packing, against onnxruntime's own quantizer and kernel and
+against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qexport.export.quantize.gptq import gptq, output_error, rtn
+from qexport.export.quantize.matmul_nbits import quantize_blockwise
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("block", [16, 32, 128])
+def test_rtn_packs_exactly_like_onnxruntime(bits, block):
+    """Symmetric round-to-nearest: the same bytes and scales as onnxruntime's quantizer,
+    K not a multiple of the block included."""
+    w = np.random.default_rng(bits + block).standard_normal((200, 48)).astype(np.float32)
+    ref_packed, ref_scales = quantize_blockwise(w, bits, block)
+    packed, scales, zero_points = rtn(w, bits, block).packed()
+    assert zero_points is None
+    np.testing.assert_array_equal(packed, ref_packed)
+    np.testing.assert_array_equal(scales, ref_scales)
+
+
+def _matmulnbits(x, q):  # type: ignore[no-untyped-def]
+    """Run one com.microsoft.MatMulNBits node on onnxruntime's CPU provider."""
+    packed, scales, zero_points = q.packed()
+    k, n = q.codes.shape
+    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "scales")]
+    inputs = ["X", "B", "scales"]
+    if zero_points is not None:
+        inits.append(numpy_helper.from_array(zero_points, "zp"))
+        inputs.append("zp")
+    node = helper.make_node(
+        "MatMulNBits", inputs, ["Y"], domain="com.microsoft",
+        K=k, N=n, bits=q.bits, block_size=q.block_size,
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+        ir_version=10,
+    )
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"X": x})[0]
+
+
+def _correlated(rng, rows, k, seed=0):  # type: ignore[no-untyped-def]
+    """Activations whose channels are correlated (a 16-dimensional subspace plus noise, the
+    subspace fixed by `seed`), as a transformer's hidden states are."""
+    basis = np.random.default_rng(seed).standard_normal((16, k))
+    x = rng.standard_normal((rows, 16)) @ basis + 0.3 * rng.standard_normal((rows, k))
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize(("bits", "block"), [(4, 32), (4, 128), (8, 32)])
+def test_gptq_codes_run_in_matmulnbits(symmetric, bits, block):
+    """onnxruntime's kernel, fed our packed codes, scales and zero points, computes
+    X @ dequantize(codes) (numpy), K not a multiple of the block included."""
+    rng = np.random.default_rng(1)
+    k, n = 200, 40
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x = _correlated(rng, 256, k)
+    q = gptq(w, x.T @ x, bits, block, symmetric=symmetric)
+    assert (q.zero_points is None) == symmetric
+    expected = x @ q.dequantize()
+    got = _matmulnbits(x, q)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_beats_round_to_nearest_on_held_out_activations(symmetric):
+    """GPTQ's point: a smaller output error ||X(W - Q(W))|| than rounding each weight, on
+    activations it was not fitted on; output_error agrees with the direct computation."""
+    rng = np.random.default_rng(2)
+    k, n = 256, 64
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x_fit, x_test = _correlated(rng, 2048, k), _correlated(rng, 1024, k)
+    h = x_fit.T @ x_fit
+    q_gptq = gptq(w, h, 4, 32, symmetric=symmetric)
+    q_rtn = rtn(w, 4, 32)
+
+    def err(q):  # type: ignore[no-untyped-def]
+        d = x_test @ (w - q.dequantize())
+        return float(np.sum(d**2) / np.sum((x_test @ w) ** 2))
+
+    assert err(q_gptq) < 0.2 * err(q_rtn), (err(q_gptq), err(q_rtn))
+    d = x_fit.astype(np.float64) @ (w - q_gptq.dequantize())
+    direct = np.sum(d**2) / np.sum((x_fit.astype(np.float64) @ w) ** 2)
+    assert output_error(w, q_gptq, h) == pytest.approx(direct, rel=1e-3)
+
+
+def test_gptq_rejects_a_hessian_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"H must be \[8, 8\]"):
+        gptq(np.ones((8, 4), np.float32), np.eye(7, dtype=np.float32), 4, 16)
