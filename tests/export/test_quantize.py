@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -202,6 +203,23 @@ def test_int8_dynamic_refuses_below_its_bar(tmp_path):
     assert not list(tmp_path.iterdir())  # no staging or calibration folders left
 
 
+def test_int4_widens_then_refuses_below_its_bar(tmp_path, capsys):
+    """int4 that cannot reach an (unreachable) bar tries int8 for the worst projections, up to
+    MAX_WIDER_FRACTION of the weights, then refuses naming the cosine; nothing is written."""
+    out = tmp_path / "int4"
+    code = main(
+        ["onnx", "random:qwen3-tiny", "-o", str(out), "--precision", "int4",
+         "--max-length", "128", "--min-cosine", "0.9999999"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert re.search(
+        r"int4 refused: min cosine 0\.9\d+ .* with \d+ projections in int8 .*bar 0\.9999999", err[0]
+    )
+    assert not out.exists()
+
+
 def test_cli_quantized_export(tmp_path, capsys):
     texts = tmp_path / "calib.txt"
     texts.write_text("first calibration text\n\nsecond one, a little longer\nтретий\n")
@@ -227,6 +245,8 @@ def test_cli_quantized_export(tmp_path, capsys):
         (["--precision", "int4", "--block-size", "100"], "--block-size"),
         (["--precision", "int8", "--calibration", "/nonexistent/texts.txt"], "does not exist"),
         (["--precision", "int8", "--accuracy-level", "7"], "accuracy-level"),
+        (["--precision", "int4", "--min-cosine", "1.5"], "--min-cosine"),
+        (["--precision", "int4", "--method", "rtn", "--zero-points", "asymmetric"], "gptq"),
     ],
 )
 def test_cli_bad_quantization_args(tmp_path, capsys, args, message):
