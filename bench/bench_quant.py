@@ -25,15 +25,34 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
-VARIANTS = [  # (label, precision, extra CLI args)
+VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy level 4
     ("fp32", "fp32", []),
     ("fp16", "fp16", []),
-    ("int8 (b128, acc4)", "int8", []),
-    ("int8 (b32, acc4)", "int8", ["--block-size", "32"]),
-    ("int4 (b32, acc4)", "int4", ["--block-size", "32"]),
-    ("int4 (b128, acc4)", "int4", ["--block-size", "128"]),
+    ("int8 (default: rtn, b32)", "int8", []),
+    ("int8 (rtn, b128)", "int8", ["--block-size", "128", "--min-cosine", "0.5"]),
+    ("int4 (default: gptq, asym, b32)", "int4", []),
+    (
+        "int4 (rtn, sym, b32)",
+        "int4",
+        ["--method", "rtn", "--zero-points", "symmetric", "--min-cosine", "0.5"],
+    ),
     ("int8-dynamic", "int8-dynamic", []),
 ]
+QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic")  # fmt: skip
+
+
+def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
+    """The CLI's quantization flags (as in VARIANTS) as QuantOptions, for in-process exports."""
+    from qexport.export.quantize import QuantOptions
+
+    flags = dict(zip(extra[0::2], extra[1::2], strict=True))
+    zero_points = flags.get("--zero-points")
+    return QuantOptions(
+        block_size=int(flags["--block-size"]) if "--block-size" in flags else None,
+        method=flags.get("--method"),
+        symmetric=None if zero_points is None else zero_points == "symmetric",
+        min_cosine=float(flags["--min-cosine"]) if "--min-cosine" in flags else None,
+    )
 
 
 def export(model: str, out: Path, precision: str, extra: list[str]) -> dict:
@@ -59,6 +78,7 @@ def export(model: str, out: Path, precision: str, extra: list[str]) -> dict:
         round(q["quantized_weight_bytes"] / 1e6, 2) if "quantized_weight_bytes" in q else None
     )
     res["float_projections"] = len(q.get("float_projections", []))
+    res["int8_projections"] = len(q.get("wider_projections", {}))
     return res
 
 
@@ -111,19 +131,20 @@ def main() -> None:
                 model, tokenizer=SHARED / "qwen3-embedding" / "0.6B", layers=4, max_length=512
             )
             torch_fn = lambda t, ref=ref: ref.embed(t, batch_size=32)  # noqa: E731
-            keep = ("fp32", "int8 (b128, acc4)", "int4 (b32, acc4)", "int8-dynamic")
-            variants = [v for v in VARIANTS if v[0] in keep]
+            variants = [v for v in VARIANTS if v[0] in QWEN3_VARIANTS]
         torch_tps = throughput(torch_fn, texts, args.repeats)
         base_emb = base_tps = base_sts = None
         for label, precision, extra in variants:
-            out = args.out / f"{model_name}-{label.split()[0]}-{'-'.join(extra) or 'default'}"
+            out = (
+                args.out
+                / f"{model_name}-{label.split()[0]}-{'-'.join(extra).replace('.', '') or 'default'}"
+            )
             if model_name == "minilm":
                 res = export(model, out, precision, extra)
             else:
                 opts = ExportOptions(precision=precision, layers=4, max_length=512, overwrite=True,
-                                     tokenizer=SHARED / "qwen3-embedding" / "0.6B", progress=False)  # fmt: skip
-                if extra:
-                    opts.quant.block_size = int(extra[1])
+                                     tokenizer=SHARED / "qwen3-embedding" / "0.6B", progress=False,
+                                     quant=quant_options(extra))  # fmt: skip
                 start = time.perf_counter()
                 try:
                     m = export_onnx(model, out, opts)
@@ -135,6 +156,7 @@ def main() -> None:
                         "check_min_cos": q.get("check", {}).get("min_cosine"),
                         "proj_mb": round(q["quantized_weight_bytes"] / 1e6, 2) if "quantized_weight_bytes" in q else None,
                         "float_projections": len(q.get("float_projections", [])),
+                        "int8_projections": len(q.get("wider_projections", {})),
                     }  # fmt: skip
                 except ValueError as exc:
                     res = {"export_s": round(time.perf_counter() - start, 1), "error": str(exc)}
@@ -162,17 +184,17 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print()
     print(
-        "| model | variant | size MB | proj. weights MB | min cos vs fp32 | STS-B (delta) | texts/s | vs fp32 | vs PyTorch | export s | peak RSS MB |"
+        "| model | variant | size MB | proj. weights MB | int8 proj. | check min cos | min cos vs fp32 (held-out) | STS-B (delta) | texts/s | vs fp32 | vs PyTorch | export s | peak RSS MB |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "error" in r:
             print(
-                f"| {r['model']} | {r['variant']} | refused: {r['error'][:160]} | | | | | | | {r['export_s']} | {r.get('peak_mb')} |"
+                f"| {r['model']} | {r['variant']} | refused: {r['error'][:160]} | | | | | | | | | {r['export_s']} | {r.get('peak_mb')} |"
             )
             continue
         sts = f"{r['stsb']:.4f} ({r['stsb_delta']:+.4f})" if "stsb" in r else "-"
-        print(f"| {r['model']} | {r['variant']} | {r['size_mb']} | {r.get('proj_mb') or '-'} | {r['min_cos_fp32']:.4f} | {sts} | {r['tps']} | {r['vs_fp32']}x | {r['vs_torch']}x | {r['export_s']} | {r.get('peak_mb') or '-'} |")  # fmt: skip
+        print(f"| {r['model']} | {r['variant']} | {r['size_mb']} | {r.get('proj_mb') or '-'} | {r.get('int8_projections', 0)} | {r.get('check_min_cos') or '-'} | {r['min_cos_fp32']:.4f} | {sts} | {r['tps']} | {r['vs_fp32']}x | {r['vs_torch']}x | {r['export_s']} | {r.get('peak_mb') or '-'} |")  # fmt: skip
 
 
 if __name__ == "__main__":
