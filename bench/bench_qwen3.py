@@ -67,7 +67,12 @@ def worker(engine: str, path: str, length: int) -> dict[str, float]:
         with torch.inference_mode():
             model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
     else:
-        sess = _ort_session(path)
+        if engine == "qexport":  # the runtime's own session: the options users get
+            from qexport.runtime.session import create_session
+
+            sess = create_session(Path(path), "cpu", "fp32")
+        else:
+            sess = _ort_session(path)
         names = {i.name for i in sess.get_inputs()}
         feed = {"input_ids": ids, "attention_mask": mask}
         if "position_ids" in names:
@@ -276,7 +281,13 @@ def main() -> None:
         cells = []
         for name, path in engines.items():
             python = args.optimum_python if name == "optimum-onnx" else sys.executable
-            kind = "torch" if name.startswith("transformers") else "ort"
+            kind = (
+                "torch"
+                if name.startswith("transformers")
+                else "qexport"
+                if name.startswith("qexport")
+                else "ort"
+            )
             proc = subprocess.run(
                 [python, __file__, "--worker", kind, path, str(n)],
                 capture_output=True,

@@ -4,6 +4,7 @@ flow, the fp16 overflow stress model, and 32k-token parity with transformers."""
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import subprocess
 import sys
@@ -46,6 +47,33 @@ def test_op_census(tiny_artifact):
         for n in onnx.load(str(tiny_artifact / "model.onnx")).graph.node
         if n.op_type == "Cast"
     )
+
+
+def test_present_kv_freed_after_their_layer(tiny_artifact):
+    """GroupQueryAttention's present K/V (unused by an encoder, but the CPU flash kernel needs
+    them) must have a consumer, or onnxruntime keeps every layer's pair until the run ends:
+    each layer's pair feeds the next layer's total_sequence_length through Shape nodes."""
+    graph = onnx.load(str(tiny_artifact / "model.onnx")).graph
+    consumers = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(gqa) == LAYERS
+    for layer, nxt in itertools.pairwise(gqa):
+        for present in layer.output[1:3]:
+            assert [n.op_type for n in consumers[present]] == ["Shape"], present
+            assert [a.i for a in consumers[present][0].attribute if a.name == "start"] == [2]
+        # walk the next layer's total_sequence_length input back to this layer's presents
+        producers = {o: n for n in graph.node for o in n.output}
+        seen, todo = set(), [nxt.input[6]]
+        while todo:
+            name = todo.pop()
+            if name in producers and name not in seen:
+                seen.add(name)
+                todo.extend(producers[name].input)
+        assert set(layer.output[1:3]) <= seen
+    assert not any(consumers[o] for o in gqa[-1].output[1:3])  # last layer: nothing to feed
 
 
 def _all_shapes(model_path: Path, ids: np.ndarray, mask: np.ndarray) -> dict[str, tuple[int, ...]]:

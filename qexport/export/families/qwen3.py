@@ -108,6 +108,16 @@ class Qwen3Builder(FamilyBuilder):
         return g.weight(name, shape, self._dtype(fp32), lambda: src.load(name))
 
     # -- graph ----------------------------------------------------------------------------
+    @staticmethod
+    def _present_length(g: GraphBuilder, present_k: ir.Value, present_v: ir.Value) -> ir.Value:
+        """The total sequence length (int32 scalar) read off a layer's present K/V shapes."""
+        length = g.op(
+            "Max",
+            g.op("Shape", present_k, start=2, end=3),
+            g.op("Shape", present_v, start=2, end=3),
+        )
+        return g.cast(g.op("Squeeze", length, g.i64([0])), ir.DataType.INT32)
+
     def build(self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value) -> ir.Value:
         """Returns the final-normed hidden states, fp32 [B, S, hidden]."""
         d = self.dims
@@ -160,7 +170,7 @@ class Qwen3Builder(FamilyBuilder):
                 axis=-1,
                 epsilon=eps,
             )
-            attn, _, _ = g.ops(
+            attn, present_k, present_v = g.ops(
                 "GroupQueryAttention",
                 g.op("Reshape", q, flat), g.op("Reshape", k, flat), v,
                 None, None, seqlens_k, total_len, cos_v, sin_v,
@@ -168,6 +178,14 @@ class Qwen3Builder(FamilyBuilder):
                 num_heads=d.heads, kv_num_heads=d.kv_heads, do_rotary=1, rotary_interleaved=0,
                 scale=1.0 / math.sqrt(d.head_dim),
             )  # fmt: skip
+            # present K/V ([B, kv_heads, S, head_dim] each) are useless to a prompt-only
+            # encoder but cannot be omitted (the CPU flash kernel writes K/V into them), and an
+            # output nobody reads lives until the end of the run in onnxruntime: 4 layers of
+            # the 0.6B width kept 256 MB of dead K/V at 8k tokens. So the next layer reads its
+            # total sequence length (the same padded length) off their shapes: consumed, they
+            # are freed once that Shape has run. See docs/design.md.
+            if i + 1 < self.n_layers:
+                total_len = self._present_length(g, present_k, present_v)
             o = g.op("MatMul", attn, self._w(g, p + "self_attn.o_proj.weight", transpose=True))
             # MLP block
             w_post = self._w(g, p + "post_attention_layernorm.weight", fp32=True)
