@@ -97,6 +97,7 @@ class QuantOptions:
     block_size: int | None = None  # None: DEFAULT_BLOCK_SIZE[precision]
     method: str | None = None  # int8 / int4: "rtn" or "gptq"; None: DEFAULT_METHOD[precision]
     symmetric: bool | None = None  # None: DEFAULT_SYMMETRIC[precision]; asymmetric needs gptq
+    damp: float = DAMP  # gptq: mean(diag H) x damp added to H's diagonal
     accuracy_level: int | None = None  # None: 4 on CPU, unset (0) for CUDA
     calibration: str | Path | None = None  # a text per line; None: qexport.texts.BUILTIN_TEXTS
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9)  # SmoothQuant strengths tried per group
@@ -236,7 +237,7 @@ def quantize_model(
             if method == "gptq":
                 float_graph = model.graph.clone()  # weights shared, lazily loaded
                 quant.reference, done, error = _gptq(
-                    model, scratch, quant, bits, block_size, symmetric
+                    model, scratch, quant, bits, block_size, symmetric, opts.damp
                 )
                 if bits == 4 and opts.check:
                     wider = _widen(model, float_graph, scratch, quant, nbits, done, error)
@@ -246,7 +247,7 @@ def quantize_model(
             if method == "gptq":
                 info["gptq"] = {
                     "calibration_texts": quant.calibration.n_texts,  # type: ignore[union-attr]
-                    "damp": DAMP,
+                    "damp": opts.damp,
                     "clip_ratios": list(CLIP_RATIOS),
                 }
         else:
@@ -292,6 +293,7 @@ def _gptq(
     bits: int,
     block_size: int,
     symmetric: bool = True,
+    damp: float = DAMP,
 ) -> tuple[np.ndarray, dict[str, GptqWeight], dict[str, float]]:
     """GPTQ every projection from X^T X of its input on the calibration texts. The float
     graph runs once per chunk of projection groups whose Hessians fit HESSIAN_BUDGET; each
@@ -317,7 +319,7 @@ def _gptq(
             h = hessians.pop(g.activation.name or "")
             for t in g.targets:
                 w = t.load()
-                done[t.name] = gptq(w, h, bits, block_size, symmetric)
+                done[t.name] = gptq(w, h, bits, block_size, symmetric, damp)
                 error[t.name] = output_error(w, done[t.name], h)
             del h
     assert ref is not None

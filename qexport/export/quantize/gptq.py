@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 # mean(diag H) x DAMP is added to H's diagonal. The paper uses 0.01 with ~250k calibration
-# tokens; with the ~1k tokens of the built-in texts that overfits (held-out STS-B min cosine,
-# int4: MiniLM 0.92 at 0.01, 0.96 at 0.1, 0.967 at 1.0; Qwen3 0.6B shape 0.980 at 0.1, 0.985
-# at 1.0; docs/benchmarks.md), so the default is 1.0.
+# tokens; with the ~1k tokens of the built-in texts that overfits (int4 min cosine on held-out
+# STS-B sentences, bench/bench_gptq.py: MiniLM 0.953 at 0.01, 0.965 at 0.1, 0.973 at 1.0;
+# Qwen3 0.6B shape 0.980 at 0.1, 0.985 at 1.0; docs/benchmarks.md), so the default is 1.0.
 DAMP = 1.0
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 LAZY_BLOCK = 128  # columns whose updates are applied together (speed only)
