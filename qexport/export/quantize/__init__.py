@@ -35,8 +35,7 @@ from .calibration import (
     scratch_folder,
 )
 from .dynamic import apply_dynamic_int8
-from .gptq import CLIP_RATIOS, DAMP, gptq, output_error
-from .gptq import Quantized as GptqWeight
+from .gptq import CLIP_RATIOS, DAMP, BlockQuantized, gptq, output_error
 from .matmul_nbits import apply_matmul_nbits
 from .smoothquant import (
     Group,
@@ -258,21 +257,45 @@ def quantize_model(
     return quant
 
 
+def _model_over(model: ir.Model, graph: ir.Graph) -> ir.Model:
+    """A model over `graph` with `model`'s IR version, producer and opsets (a candidate)."""
+    out = ir.Model(graph, ir_version=model.ir_version, producer_name=model.producer_name)
+    out.opset_imports.update(model.opset_imports)
+    return out
+
+
+def _candidate_cosines(
+    candidate: ir.Model, scratch: Path, name: str, quant: Quantized
+) -> np.ndarray:
+    """Write a quantized candidate to the scratch folder, run it on the check texts and
+    return its cosines against the float reference; the candidate's files are removed."""
+    folder = scratch / name
+    folder.mkdir()
+    try:
+        path = save_with_outputs(candidate, folder, initializer_bytes(candidate))
+        runner = Runner(path, quant.device, quant.info["base_precision"])
+        return _cosines(runner.embed(quant.batches), quant.reference)  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _float_run(
     model: ir.Model,
     scratch: Path,
     quant: Quantized,
     capture: list[ir.Value],
     hessians: dict[str, np.ndarray] | None = None,
-) -> tuple[np.ndarray, dict[str, ActivationStats]]:
-    """The float graph on the calibration texts: its vectors, and per captured activation its
-    statistics, or (`hessians` given) its X^T X put into that dict."""
+    embed: bool = True,
+) -> tuple[np.ndarray | None, dict[str, ActivationStats]]:
+    """The float graph on the calibration texts: its vectors (unless `embed` is False), and per
+    captured activation its statistics, or (`hessians` given) its X^T X put into that dict."""
     folder = scratch / "float"
     folder.mkdir()
     path = save_with_outputs(model, folder, initializer_bytes(model), capture)
     runner = Runner(path, quant.device, quant.info["base_precision"])
     assert quant.calibration is not None
-    ref = runner.embed(quant.calibration)  # float: the same vectors whatever the batching
+    # float: the same vectors whatever the batching
+    ref = runner.embed(quant.calibration) if embed else None
     names = [v.name or "" for v in capture]
     stats: dict[str, ActivationStats] = {}
     if capture and hessians is not None:
@@ -280,9 +303,7 @@ def _float_run(
     elif capture:
         stats = runner.activations(quant.calibration, names)
     del runner
-    for f in folder.iterdir():
-        f.unlink()
-    folder.rmdir()
+    shutil.rmtree(folder)
     return ref, stats
 
 
@@ -294,7 +315,7 @@ def _gptq(
     block_size: int,
     symmetric: bool = True,
     damp: float = DAMP,
-) -> tuple[np.ndarray, dict[str, GptqWeight], dict[str, float]]:
+) -> tuple[np.ndarray, dict[str, BlockQuantized], dict[str, float]]:
     """GPTQ every projection from X^T X of its input on the calibration texts. The float
     graph runs once per chunk of projection groups whose Hessians fit HESSIAN_BUDGET; each
     chunk is quantized (packed int4/int8 kept, Hessians dropped) before the next run. Also
@@ -309,12 +330,14 @@ def _gptq(
             size = 0
         chunks[-1].append(g)
         size += need
-    done: dict[str, GptqWeight] = {}
+    done: dict[str, BlockQuantized] = {}
     error: dict[str, float] = {}
     ref: np.ndarray | None = None
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         hessians: dict[str, np.ndarray] = {}
-        ref, _ = _float_run(model, scratch, quant, [g.activation for g in chunk], hessians)
+        capture = [g.activation for g in chunk]
+        got, _ = _float_run(model, scratch, quant, capture, hessians, embed=i == 0)
+        ref = got if i == 0 else ref
         for g in chunk:
             h = hessians.pop(g.activation.name or "")
             for t in g.targets:
@@ -332,12 +355,13 @@ def _widen(
     scratch: Path,
     quant: Quantized,
     nbits: dict[str, int],
-    done: dict[str, GptqWeight],
+    done: dict[str, BlockQuantized],
     error: dict[str, float],
 ) -> dict[str, int]:
     """int4 mixed precision: which projections go to int8 (WIDER_STEPS, worst GPTQ output
     error first). Each candidate is written and run on the check texts; the first holding the
-    bar + WIDER_MARGIN wins, else the widest allowed one (and the check warns)."""
+    bar + WIDER_MARGIN wins, else the widest allowed one (which the check then refuses when it
+    is below the bar)."""
     ranked = sorted(error, key=error.__getitem__, reverse=True)
     sizes = {t.name: t.k * t.n for t in matmul_targets(float_graph)}
     total = sum(sizes.values())
@@ -347,18 +371,9 @@ def _widen(
         wider = {name: 8 for name in ranked[:m]}
         if m > len(ranked) or sum(sizes[n] for n in wider) > MAX_WIDER_FRACTION * total:
             break
-        candidate = ir.Model(
-            float_graph.clone(), ir_version=model.ir_version, producer_name=model.producer_name
-        )
-        candidate.opset_imports.update(model.opset_imports)
+        candidate = _model_over(model, float_graph.clone())
         apply_matmul_nbits(candidate, **nbits, done=done, wider=wider)  # type: ignore[arg-type]
-        folder = scratch / f"int4-{m}"
-        folder.mkdir()
-        path = save_with_outputs(candidate, folder, initializer_bytes(candidate))
-        runner = Runner(path, quant.device, quant.info["base_precision"])
-        cos = _cosines(runner.embed(quant.batches), quant.reference)  # type: ignore[arg-type]
-        del runner
-        shutil.rmtree(folder)
+        cos = _candidate_cosines(candidate, scratch, f"int4-{m}", quant)
         attempts.append({"int8_projections": m, **_summary(cos)})
         log.info(
             "int4 + gptq    %d/%d projections int8: min cosine %.5f", m, len(ranked), cos.min()
@@ -412,19 +427,9 @@ def _dynamic(
         keep = set(ranked[: round(fraction * len(ranked))])
         if tried and keep == set(tried[-1]["float_groups"]):
             continue
-        graph = float_graph.clone() if tried else model.graph
-        candidate = (
-            model
-            if not tried
-            else ir.Model(graph, ir_version=model.ir_version, producer_name=model.producer_name)
-        )
-        if tried:
-            candidate.opset_imports.update(model.opset_imports)
+        candidate = _model_over(model, float_graph.clone()) if tried else model
         record = _dynamic_candidate(candidate, factors, keep)
-        folder = scratch / f"candidate{len(tried)}"
-        folder.mkdir()
-        path = save_with_outputs(candidate, folder, initializer_bytes(candidate))
-        cos = _cosines(Runner(path, quant.device, "fp32").embed(quant.batches), ref)  # type: ignore[arg-type]
+        cos = _candidate_cosines(candidate, scratch, f"candidate{len(tried)}", quant)
         record.update(_summary(cos), float_groups=sorted(keep))
         tried.append(record)
         log.info(

@@ -1,4 +1,4 @@
-"""GPTQ (Frantar et al., 2023) for MatMulNBits' symmetric blockwise format.
+"""GPTQ (Frantar et al., 2023) for MatMulNBits' blockwise format (symmetric or with zero points).
 
 Round-to-nearest quantizes each weight on its own. GPTQ quantizes the input channels of a
 weight W [K, N] one at a time and spreads each channel's rounding error over the channels not
@@ -8,9 +8,10 @@ MatMulNBits: each block of `block_size` input channels has one scale per output 
 chosen when GPTQ reaches the block (from the error-updated weights) by a small search over
 clipping ratios of the block's |max| (the `mse` grid of the reference implementation).
 
-The codes use onnxruntime's symmetric convention (zero point 2^(bits-1), implicit), so
-`pack` gives exactly the bytes MatMulNBits reads; tests/export/test_quantize_gptq.py checks
-`pack(rtn(...))` against onnxruntime's own quantizer byte for byte.
+Symmetric codes use onnxruntime's convention (zero point 2^(bits-1), implicit), so `pack`
+gives exactly the bytes MatMulNBits reads; tests/export/test_quantize_gptq.py checks
+`rtn(...).packed()` against onnxruntime's own quantizer byte for byte, and that onnxruntime's
+kernel fed our codes, scales and zero points computes X @ dequantize().
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def choose_grid(
 
 
 @dataclass
-class Quantized:
+class BlockQuantized:
     """A weight [K, N] in MatMulNBits' blockwise form, before packing."""
 
     codes: np.ndarray  # [K, N] uint8
@@ -112,7 +113,7 @@ def rtn(
     block_size: int,
     ratios: tuple[float, ...] = (1.0,),
     symmetric: bool = True,
-) -> Quantized:
+) -> BlockQuantized:
     """Round-to-nearest of w [K, N] (ratios (1.0,): exactly onnxruntime's quantizer)."""
     k, n = w.shape
     wt = w.T.astype(np.float32)
@@ -125,7 +126,7 @@ def rtn(
         s, z = choose_grid(blk, bits, w.dtype, symmetric, ratios)
         q[:, start : start + block_size] = _quantize(blk, s, z, bits)
         scales[:, b], zps[:, b] = s, z
-    return Quantized(q.T, scales, None if symmetric else zps, bits, block_size)
+    return BlockQuantized(q.T, scales, None if symmetric else zps, bits, block_size)
 
 
 def gptq(
@@ -135,7 +136,7 @@ def gptq(
     block_size: int,
     symmetric: bool = True,
     damp: float = DAMP,
-) -> Quantized:
+) -> BlockQuantized:
     """GPTQ of w [K, N] (float) with H = X^T X [K, K] from calibration activations."""
     k, n = w.shape
     if h.shape != (k, k):
@@ -173,7 +174,7 @@ def gptq(
             w1[:, j:] -= np.outer(err, u[col, col:i2])
             err1[:, j] = err
         wt[:, i2:] -= err1 @ u[i1:i2, i2:]
-    return Quantized(q.T, scales, None if symmetric else zps, bits, block_size)
+    return BlockQuantized(q.T, scales, None if symmetric else zps, bits, block_size)
 
 
 def pack(codes: np.ndarray, bits: int, block_size: int) -> np.ndarray:
@@ -200,7 +201,7 @@ def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:
     return z[:, 0::2] | (z[:, 1::2] << 4)
 
 
-def output_error(w: np.ndarray, q: Quantized, h: np.ndarray) -> float:
+def output_error(w: np.ndarray, q: BlockQuantized, h: np.ndarray) -> float:
     """||X (W - Q(W))||^2 / ||X W||^2 over the calibration activations, from H = X^T X."""
     w32 = w.astype(np.float32)
     d = (w32 - q.dequantize()).astype(np.float64)

@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph import MS_DOMAIN
-from .gptq import Quantized
+from .gptq import BlockQuantized
 from .targets import Target, drop_initializer, matmul_targets, replace_node
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -48,15 +48,15 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> tuple[np.nd
 
 class _Blockwise:
     """Quantizes one weight on demand; packed and scales come from one computation, kept
-    only until both have been taken. `done` (packed, scales) comes from an earlier pass
-    (GPTQ); otherwise onnxruntime's round-to-nearest kernel runs here."""
+    only until all have been taken. `done` comes from an earlier pass (GPTQ: packed codes,
+    scales and maybe zero points); otherwise onnxruntime's round-to-nearest kernel runs here."""
 
     def __init__(
         self,
         target: Target,
         bits: int,
         block_size: int,
-        done: Quantized | None = None,
+        done: BlockQuantized | None = None,
     ) -> None:
         self._source = target.weight.const_value
         self._bits = bits
@@ -88,11 +88,11 @@ def apply_matmul_nbits(
     bits: int,
     block_size: int,
     accuracy_level: int | None,
-    done: Mapping[str, Quantized] | None = None,
+    done: Mapping[str, BlockQuantized] | None = None,
     wider: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Replace every projection MatMul in place; returns what the manifest records.
-    `done` (weight name -> Quantized) holds weights already quantized (GPTQ); the
+    `done` (weight name -> BlockQuantized) holds weights already quantized (GPTQ); the
     others are quantized by round-to-nearest when written. `wider` (weight name -> bits)
     gives some projections more bits than `bits` (mixed precision)."""
     if bits not in (4, 8):
