@@ -48,6 +48,8 @@ class Embedder:
     `max_batch_tokens` bounds each forward pass by padded tokens (rows x longest row);
     `io_binding` (default: on when the session runs on CUDA) binds inputs and the output
     explicitly so that only the [batch, dim] embedding crosses back to the host.
+    `session_options` replaces qexport's onnxruntime options (runtime.session.session_options;
+    start from those, e.g. to enable profiling).
     """
 
     def __init__(
@@ -59,13 +61,16 @@ class Embedder:
         verify: bool = False,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         io_binding: bool | None = None,
+        session_options: ort.SessionOptions | None = None,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.path = Path(artifact)
         self.manifest: Manifest = load_manifest(self.path, verify=verify)
         m = self.manifest
-        self.session = create_session(self.path / m.graph_file, device, m.precision, threads)
+        self.session = create_session(
+            self.path / m.graph_file, device, m.precision, threads, options=session_options
+        )
         self.encoder = TextEncoder(self.path, m.max_length, m.instruction_template)
         self.max_batch_tokens = max_batch_tokens
         self._inputs = m.input_names

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import logging
 import os
 import warnings
@@ -11,6 +14,7 @@ import onnxruntime as ort
 
 log = logging.getLogger("qexport")
 _warned_fallback = False
+_preloaded = False
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -45,15 +49,37 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return opts
 
 
+def preload_cuda_libraries() -> None:
+    """Make NVIDIA's pip-installed CUDA 13 / cuDNN libraries (`qexport[cuda]`, or torch's)
+    loadable by the CUDA provider, which otherwise looks only on the system's library path.
+    Done once, and only where the `nvidia` packages are installed (elsewhere onnxruntime's
+    preload prints a failure per library)."""
+    global _preloaded
+    if _preloaded:
+        return
+    _preloaded = True
+    if hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ort.preload_dlls()
+
+
 def create_session(
-    graph: Path, device: str, precision: str, threads: int | None = None
+    graph: Path,
+    device: str,
+    precision: str,
+    threads: int | None = None,
+    options: ort.SessionOptions | None = None,
 ) -> ort.InferenceSession:
-    """Open the graph on `device`; "auto" takes CUDA only when the session really got it."""
+    """Open the graph on `device`; "auto" takes CUDA only when the session really got it.
+
+    `options` replaces qexport's session_options() (e.g. one with profiling enabled)."""
     global _warned_fallback
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     available = ort.get_available_providers()
     want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+    if want_cuda:
+        preload_cuda_libraries()
     if device == "cuda" and not want_cuda:
         raise DeviceError(
             f"device='cuda' but this onnxruntime has no CUDA provider (available: {available})"
@@ -67,8 +93,8 @@ def create_session(
     )
     if precision == "bf16" and not want_cuda:
         raise DeviceError(bf16_msg)
-    opts = session_options(threads)
-    if want_cuda:
+    opts = session_options(threads) if options is None else options
+    if want_cuda and options is None:
         # the CUDA provider logs an error when it cannot load (no GPU / no CUDA libraries)
         opts.log_severity_level = 4
     try:

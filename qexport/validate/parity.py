@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +48,8 @@ def load_reference(
         import torch
 
         if torch.cuda.is_available():
-            if "device" in inspect.signature(TorchReference).parameters:
-                kwargs["device"] = "cuda"
-                ref_device = "cuda"
-            else:
-                note = "the PyTorch reference ran on CPU (TorchReference has no device option)"
+            kwargs["device"] = "cuda"
+            ref_device = "cuda"
         elif device == "cuda":
             note = "the PyTorch reference ran on CPU (torch has no CUDA here)"
     return TorchReference(reference, **kwargs), ref_device, note

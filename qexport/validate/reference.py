@@ -48,12 +48,16 @@ class TorchReference:
         dtype: str = "fp32",
         attn_implementation: str = "sdpa",
         max_length: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.src = resolve(model, tokenizer=tokenizer)
         self.torch = torch
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' but this torch has no CUDA device")
+        self.device = torch.device(device)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         cfg = dict(self.src.config)
         n_layers = cfg["num_hidden_layers"] if layers is None else layers
@@ -68,6 +72,7 @@ class TorchReference:
             self.model.load_state_dict(_state_dict(self.src, n_layers), strict=True, assign=True)
             self.model.rotary_emb.__init__(config)  # buffers are not in the state dict
             self.model.to(self.dtype)
+            self.model.to(self.device)  # after the dtype: a bf16 4B needs no fp32 copy on the GPU
         else:
             self._init_sentence_transformer(n_layers, max_length)
             return
@@ -91,7 +96,7 @@ class TorchReference:
                 f"no PyTorch reference for {self.src.spec!r}: family {self.src.family!r} needs "
                 "a sentence-transformers checkpoint folder"
             )
-        self.st = SentenceTransformer(str(self.src.folder), device="cpu")
+        self.st = SentenceTransformer(str(self.src.folder), device=str(self.device))
         self.st.to(self.dtype)
         self.model = self.st[0].auto_model
         encoder = getattr(self.model, "encoder", None)
@@ -130,11 +135,11 @@ class TorchReference:
         outs = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                batch = self.tokenize(texts[start : start + batch_size])
+                batch = self.tokenize(texts[start : start + batch_size]).to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 emb = last_token_pool(hidden, batch["attention_mask"])
                 emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
-                outs.append(emb.numpy())
+                outs.append(emb.cpu().numpy())
         return np.concatenate(outs)
 
 

@@ -238,6 +238,18 @@ def test_cli_quantized_export(tmp_path, capsys):
     assert load_texts(texts) == ["first calibration text", "second one, a little longer", "третий"]
 
 
+def test_cli_int4_rtn_defaults_to_symmetric(tmp_path):
+    """int4's default zero points come with gptq; --method rtn alone must not be refused."""
+    out = tmp_path / "int4"
+    code = main(
+        ["-q", "onnx", "random:qwen3-tiny", "-o", str(out), "--precision", "int4",
+         "--method", "rtn", "--max-length", "256", "--no-check"]
+    )  # fmt: skip
+    assert code == 0
+    q = json.loads((out / "qexport.json").read_text())["quantization"]
+    assert (q["weights"], q["bits"], q["symmetric"]) == ("round-to-nearest", 4, True)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

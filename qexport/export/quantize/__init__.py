@@ -95,7 +95,7 @@ class QuantizationRefused(ValueError):
 class QuantOptions:
     block_size: int | None = None  # None: DEFAULT_BLOCK_SIZE[precision]
     method: str | None = None  # int8 / int4: "rtn" or "gptq"; None: DEFAULT_METHOD[precision]
-    symmetric: bool | None = None  # None: DEFAULT_SYMMETRIC[precision]; asymmetric needs gptq
+    symmetric: bool | None = None  # None: DEFAULT_SYMMETRIC[precision] with gptq, else symmetric
     damp: float = DAMP  # gptq: mean(diag H) x damp added to H's diagonal
     accuracy_level: int | None = None  # None: 4 on CPU, unset (0) for CUDA
     calibration: str | Path | None = None  # a text per line; None: qexport.texts.BUILTIN_TEXTS
@@ -209,7 +209,10 @@ def quantize_model(
     method = opts.method or DEFAULT_METHOD.get(precision, "rtn")
     if method not in METHODS:
         raise ValueError(f"quantization method must be one of {', '.join(METHODS)}, got {method!r}")
-    symmetric = DEFAULT_SYMMETRIC.get(precision, True) if opts.symmetric is None else opts.symmetric
+    if opts.symmetric is not None:
+        symmetric = opts.symmetric
+    else:  # zero points come from gptq's grid search; round-to-nearest is symmetric
+        symmetric = DEFAULT_SYMMETRIC.get(precision, True) if method == "gptq" else True
     if not symmetric and method != "gptq":
         raise ValueError("asymmetric (zero-point) weights are made by the gptq method only")
     need_float_run = opts.check or precision == "int8-dynamic" or method == "gptq"
