@@ -5,9 +5,10 @@
 # Use afterwards: export PYTHONPATH=/tmp/ortgpu:$PWD
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ ! -f /tmp/ortgpu/onnxruntime/__init__.py ]; then
-  mkdir -p /tmp/ortgpu
-  cat .ortgpu/p[0-9][0-9]/part | tar -xJ -C /tmp/ortgpu
+# the parts: gpu_session.sh copies each carried .ortgpu/pNN/part to /tmp/keep/pNN
+if [ ! -f /tmp/ortgpu/.complete ]; then
+  rm -rf /tmp/ortgpu && mkdir -p /tmp/ortgpu
+  cat /tmp/keep/p[0-9][0-9] | tar -xJ -C /tmp/ortgpu && touch /tmp/ortgpu/.complete
 fi
 export PYTHONPATH=/tmp/ortgpu:${PYTHONPATH:-$PWD}
 python3 - <<'PY'
