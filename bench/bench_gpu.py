@@ -208,8 +208,14 @@ def cmd_export(args: argparse.Namespace) -> None:
             log,
             time.time(),
         )
+    ended: dict[str, float] = {}
+    while len(ended) < len(procs):  # each export's own wall time, not the time to wait for it
+        for name, (proc, _, _) in procs.items():
+            if name not in ended and proc.poll() is not None:
+                ended[name] = time.time()
+        time.sleep(0.5)
     for name, (proc, log, t0) in procs.items():
-        rc = proc.wait()
+        rc = proc.returncode
         log.close()
         text = (workdir / f"export-{name}.log").read_text()
         rss = [line.split(":")[1] for line in text.splitlines() if "Maximum resident" in line]
@@ -218,7 +224,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         _save(
             workdir,
             f"export-{name}",
-            {"name": name, "rc": rc, "seconds": round(time.time() - t0, 1),
+            {"name": name, "rc": rc, "seconds": round(ended[name] - t0, 1),
              "peak_rss_gb": round(int(rss[0]) / 2**20, 2) if rss else None,
              "bytes": size, "tail": text[-1500:]},
         )  # fmt: skip
