@@ -28,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -182,7 +183,22 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     with open(DEVSHARED / "texts.jsonl", "w", encoding="utf-8") as fh:
         for t in texts:
             fh.write(json.dumps({"text": t}) + "\n")
-    print(f"{len(texts)} texts and the tokenizer in {DEVSHARED}")
+    # the export is tested with this machine's onnx-ir; the GPU image may hold an older one
+    import zipfile
+
+    import onnx_ir
+
+    site = DEVSHARED / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
+             f"onnx-ir=={onnx_ir.__version__}"],
+            check=True,
+        )  # fmt: skip
+        for wheel in Path(tmp).glob("*.whl"):
+            zipfile.ZipFile(wheel).extractall(site)
+    print(f"{len(texts)} texts, the tokenizer and onnx-ir {onnx_ir.__version__} in {DEVSHARED}")
 
 
 # ------------------------------------------------------------------------------ export
