@@ -35,7 +35,7 @@ from .calibration import (
     scratch_folder,
 )
 from .dynamic import apply_dynamic_int8
-from .gptq import CLIP_RATIOS, DAMP, BlockQuantized, gptq, output_error
+from .gptq import CLIP_RATIOS, DAMP, BlockQuantized, gptq, hessian_factor, output_error
 from .matmul_nbits import apply_matmul_nbits
 from .smoothquant import (
     Group,
@@ -343,9 +343,10 @@ def _gptq(
         ref = got if i == 0 else ref
         for g in chunk:
             h = hessians.pop(g.activation.name or "")
+            factor = hessian_factor(h, damp)  # once for the projections sharing this input
             for t in g.targets:
                 w = t.load()
-                done[t.name] = gptq(w, h, bits, block_size, symmetric, damp)
+                done[t.name] = gptq(w, factor, bits, block_size, symmetric)
                 error[t.name] = output_error(w, done[t.name], h)
             del h
     assert ref is not None

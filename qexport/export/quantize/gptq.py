@@ -129,50 +129,73 @@ def rtn(
     return BlockQuantized(q.T, scales, None if symmetric else zps, bits, block_size)
 
 
+@dataclass
+class HessianFactor:
+    """What GPTQ needs from H = X^T X, computed once per input activation (the q/k/v and the
+    gate/up projections of a layer read the same input, so they share it)."""
+
+    u: np.ndarray  # [K, K] float32, upper triangular: (H + damping)^-1 = U^T U
+    dead: np.ndarray  # [K] bool: input channels that never carried a value
+
+
+def hessian_factor(h: np.ndarray, damp: float = DAMP) -> HessianFactor:
+    """Dead channels get H = 1 (their weights are zeroed), mean(diag H) x damp is added to the
+    diagonal, then U = chol((H)^-1)^T. float32 is enough: with the damping H is well
+    conditioned (U within 1e-7 of the float64 result at K = 2560), and twice as fast."""
+    k = h.shape[0]
+    if h.shape != (k, k):
+        raise ValueError(f"H must be square, got {list(h.shape)}")
+    h = h.astype(np.float32).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h), dtype=np.float64))
+    inv = np.linalg.inv(h)
+    inv = (inv + inv.T) * 0.5  # exactly symmetric for the Cholesky
+    return HessianFactor(np.ascontiguousarray(np.linalg.cholesky(inv).T), dead)
+
+
 def gptq(
     w: np.ndarray,
-    h: np.ndarray,
+    h: np.ndarray | HessianFactor,
     bits: int,
     block_size: int,
     symmetric: bool = True,
     damp: float = DAMP,
 ) -> BlockQuantized:
-    """GPTQ of w [K, N] (float) with H = X^T X [K, K] from calibration activations."""
+    """GPTQ of w [K, N] (float) with H = X^T X [K, K] from calibration activations (or its
+    hessian_factor, which then carries the damping)."""
     k, n = w.shape
-    if h.shape != (k, k):
-        raise ValueError(f"H must be [{k}, {k}], got {list(h.shape)}")
-    wt = w.T.astype(np.float64)  # [N, K]: rows are output columns, as in the paper
-    h = h.astype(np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    wt[:, dead] = 0.0
-    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
-    # U: the upper Cholesky factor of H^-1
-    lower = np.linalg.cholesky(h)
-    lower_inv = np.linalg.solve(lower, np.eye(k))
-    u = np.linalg.cholesky(lower_inv.T @ lower_inv).T
+    factor = h if isinstance(h, HessianFactor) else hessian_factor(h, damp)
+    if factor.u.shape != (k, k):
+        raise ValueError(f"H must be [{k}, {k}], got {list(factor.u.shape)}")
+    u = factor.u
+    wt = w.T.astype(np.float32)  # [N, K]: rows are output columns, as in the paper
+    wt[:, factor.dead] = 0.0
     q = np.zeros((n, k), dtype=np.uint8)
     k_blocks = (k + block_size - 1) // block_size
     scales = np.zeros((n, k_blocks), dtype=w.dtype)
     zps = np.zeros((n, k_blocks), dtype=np.uint8)
-    scale = zp = np.ones(n, dtype=np.float32)
-    lazy = max(LAZY_BLOCK, block_size)  # a quantization block never spans two lazy blocks
+    lazy = max(LAZY_BLOCK, block_size)  # a multiple of block_size (both powers of two)
     for i1 in range(0, k, lazy):
         i2 = min(i1 + lazy, k)
         w1 = wt[:, i1:i2].copy()
         err1 = np.zeros_like(w1)
-        for j in range(i2 - i1):
-            col = i1 + j
-            if col % block_size == 0:
-                blk = w1[:, j : j + block_size].astype(np.float32)
-                scale, zp = choose_grid(blk, bits, w.dtype, symmetric)
-                scales[:, col // block_size], zps[:, col // block_size] = scale, zp
-            wc = w1[:, j]
-            qc = _quantize(wc[:, None], scale, zp, bits)[:, 0]
-            q[:, col] = qc
-            err = (wc - _dequantize(qc[:, None], scale, zp)[:, 0]) / u[col, col]
-            w1[:, j:] -= np.outer(err, u[col, col:i2])
-            err1[:, j] = err
+        for b1 in range(0, i2 - i1, block_size):
+            b2 = min(b1 + block_size, i2 - i1)
+            scale, zp = choose_grid(w1[:, b1:b2], bits, w.dtype, symmetric)
+            scales[:, (i1 + b1) // block_size], zps[:, (i1 + b1) // block_size] = scale, zp
+            for j in range(b1, b2):
+                col = i1 + j
+                wc = w1[:, j]
+                qc = _quantize(wc[:, None], scale, zp, bits)[:, 0]
+                q[:, col] = qc
+                err = (wc - _dequantize(qc[:, None], scale, zp)[:, 0]) / u[col, col]
+                # the rest of this quantization block at once (its next column is next)...
+                w1[:, j:b2] -= err[:, None] * u[col, col : i1 + b2]
+                err1[:, j] = err
+            # ...the rest of the lazy block once per quantization block, the rest of the
+            # weight once per lazy block: the same sums of rank-1 updates, fewer passes
+            w1[:, b2:] -= err1[:, b1:b2] @ u[i1 + b1 : i1 + b2, i1 + b2 : i2]
         wt[:, i2:] -= err1 @ u[i1:i2, i2:]
     return BlockQuantized(q.T, scales, None if symmetric else zps, bits, block_size)
 
@@ -204,7 +227,7 @@ def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:
 def output_error(w: np.ndarray, q: BlockQuantized, h: np.ndarray) -> float:
     """||X (W - Q(W))||^2 / ||X W||^2 over the calibration activations, from H = X^T X."""
     w32 = w.astype(np.float32)
-    d = (w32 - q.dequantize()).astype(np.float64)
-    h64 = h.astype(np.float64)
-    den = float(np.sum((h64 @ w32.astype(np.float64)) * w32))
-    return float(np.sum((h64 @ d) * d)) / max(den, 1e-30)
+    d = w32 - q.dequantize()
+    h32 = h.astype(np.float32)
+    den = float(np.sum((h32 @ w32) * w32, dtype=np.float64))
+    return float(np.sum((h32 @ d) * d, dtype=np.float64)) / max(den, 1e-30)
