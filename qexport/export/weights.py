@@ -26,7 +26,9 @@ def bf16_to_fp32(arr: np.ndarray) -> np.ndarray:
 def fp32_to_bf16(arr: np.ndarray) -> np.ndarray:
     """Round to nearest even, as torch does (no NaN payloads in generated weights)."""
     bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
-    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(
+        16
+    )
     return rounded.astype(np.uint16).view(BF16)
 
 

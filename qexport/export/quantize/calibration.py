@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ...manifest import GRAPH_NAME
+from ...runtime.batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from ...runtime.session import create_session
 from ...runtime.tokenize import TextEncoder, pad_right
 from ...texts import BUILTIN_TEXTS
@@ -27,8 +28,9 @@ from ..source import ModelSource
 from ..tokenizer_files import build_byte_tokenizer, copy_tokenizer
 
 TOKENS_PER_BATCH = 2048  # calibration runs (they return every captured activation)
-CHECK_BATCH = 32  # check runs batch like Embedder.embed's default (int8-dynamic's per-tensor
-# activation range depends on what shares a batch)
+CHECK_BATCH = 32  # check runs batch as Embedder.embed does by default: at most 32 rows and the
+# runtime's token budget (int8-dynamic's per-tensor activation range depends on what shares
+# a batch; and one batch of 32 texts padded to the longest ran 13x the real tokens)
 
 
 class CalibrationError(ValueError):
@@ -68,28 +70,32 @@ class Batches:
         input_names: Sequence[str],
         batch_size: int | None = None,
     ) -> Batches:
-        """Length-sorted batches of `batch_size` texts, or (None) of at most
-        TOKENS_PER_BATCH padded tokens."""
+        """The runtime's batches (plan_batches: at most `batch_size` rows, the default token
+        budget), or (None) length-sorted batches of at most TOKENS_PER_BATCH padded tokens."""
         enc = encoder.encode(list(texts), warn=False)
-        order = np.argsort([len(r) for r in enc.ids], kind="stable")
+        lengths = [len(r) for r in enc.ids]
         out = cls(list(input_names), n_texts=len(texts))
-        start = 0
-        while start < len(order):
-            stop = start + 1
-            while stop < len(order) and (
-                stop - start < batch_size
-                if batch_size
-                else (stop - start + 1) * len(enc.ids[order[stop]]) <= TOKENS_PER_BATCH
-            ):
-                stop += 1
-            idx = order[start:stop]
+        for idx in _groups(lengths, batch_size):
             ids, mask = pad_right([enc.ids[i] for i in idx])
             feed = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in input_names:
                 feed["token_type_ids"] = pad_right([enc.type_ids[i] for i in idx])[0]
             out.batches.append((idx, {k: v for k, v in feed.items() if k in input_names}))
-            start = stop
         return out
+
+
+def _groups(lengths: list[int], batch_size: int | None) -> list[np.ndarray]:
+    if batch_size:
+        return plan_batches(lengths, DEFAULT_MAX_BATCH_TOKENS, batch_size)
+    order = np.argsort(lengths, kind="stable")
+    groups, start = [], 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * lengths[order[stop]] <= TOKENS_PER_BATCH:
+            stop += 1
+        groups.append(order[start:stop])
+        start = stop
+    return groups
 
 
 class Runner:
