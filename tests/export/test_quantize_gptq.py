@@ -142,3 +142,20 @@ def test_blocked_gptq_equals_the_textbook_algorithm(symmetric):
     assert np.mean(ours.codes == ref) > 0.995
     shared = gptq(w, hessian_factor(h, 0.1), 4, 32, symmetric=symmetric)
     np.testing.assert_array_equal(shared.codes, ours.codes)
+
+
+def test_hessian_factor_is_the_upper_cholesky_of_the_inverse():
+    """U upper with U^T U = (H + damping)^-1, as float64's cholesky(inv(H)).T gives it."""
+    rng = np.random.default_rng(4)
+    k = 600  # above the triangular inverse's 256 leaf: the halving recursion runs
+    x = _correlated(rng, 512, k)
+    h = x.T @ x
+    h[7, :] = h[:, 7] = 0.0  # a dead channel
+    f = hessian_factor(h, 0.1)
+    h64 = h.astype(np.float64)
+    h64[7, 7] = 1.0
+    h64[np.diag_indices(k)] += 0.1 * np.mean(np.diag(h64))
+    ref = np.linalg.cholesky(np.linalg.inv(h64)).T
+    assert f.dead[7] and f.dead.sum() == 1
+    assert np.all(np.tril(f.u, -1) == 0)
+    np.testing.assert_allclose(f.u, ref, rtol=0, atol=2e-4 * np.abs(ref).max())

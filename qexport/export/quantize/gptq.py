@@ -138,10 +138,28 @@ class HessianFactor:
     dead: np.ndarray  # [K] bool: input channels that never carried a value
 
 
+def _inverse_lower(lower: np.ndarray) -> np.ndarray:
+    """Inverse of a lower-triangular matrix by halves (inv([[A, 0], [C, D]]) = [[A^-1, 0],
+    [-D^-1 C A^-1, D^-1]]): matrix products only, about a sixth of a general inverse's work."""
+    k = lower.shape[0]
+    if k <= 256:
+        return np.tril(np.linalg.inv(lower))
+    m = k // 2
+    a_inv = _inverse_lower(lower[:m, :m])
+    d_inv = _inverse_lower(lower[m:, m:])
+    out = np.zeros_like(lower)
+    out[:m, :m] = a_inv
+    out[m:, m:] = d_inv
+    out[m:, :m] = -(d_inv @ lower[m:, :m]) @ a_inv
+    return out
+
+
 def hessian_factor(h: np.ndarray, damp: float = DAMP) -> HessianFactor:
     """Dead channels get H = 1 (their weights are zeroed), mean(diag H) x damp is added to the
-    diagonal, then U = chol((H)^-1)^T. float32 is enough: with the damping H is well
-    conditioned (U within 1e-7 of the float64 result at K = 2560), and twice as fast."""
+    diagonal, then U, upper, with (H)^-1 = U^T U. With R reversing the channel order and
+    R H R = L L^T (Cholesky), U = R L^-1 R: one Cholesky and one triangular inverse, no
+    general inverse (K = 9728: 15 s instead of 52 s on 2 cores). float32 is enough: with the
+    damping H is well conditioned (tests/export/test_quantize_gptq.py compares with float64)."""
     k = h.shape[0]
     if h.shape != (k, k):
         raise ValueError(f"H must be square, got {list(h.shape)}")
@@ -149,9 +167,9 @@ def hessian_factor(h: np.ndarray, damp: float = DAMP) -> HessianFactor:
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h), dtype=np.float64))
-    inv = np.linalg.inv(h)
-    inv = (inv + inv.T) * 0.5  # exactly symmetric for the Cholesky
-    return HessianFactor(np.ascontiguousarray(np.linalg.cholesky(inv).T), dead)
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    u = _inverse_lower(lower)[::-1, ::-1]
+    return HessianFactor(np.ascontiguousarray(u), dead)
 
 
 def gptq(
