@@ -40,7 +40,13 @@ def timed_export(model: str, out: Path, precision: str, extra: list[str]) -> dic
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))  # type: ignore[union-attr]
     steps = json.loads((out / "qexport.json").read_text())["timings_s"]
     size = sum(p.stat().st_size for p in out.iterdir())
-    return {"precision": precision, "peak_rss_gb": rss_kb / 2**20, "wall_s": wall, "size_gb": size / 1e9, "steps": steps}
+    return {
+        "precision": precision,
+        "peak_rss_gb": rss_kb / 2**20,
+        "wall_s": wall,
+        "size_gb": size / 1e9,
+        "steps": steps,
+    }
 
 
 def main() -> None:
@@ -59,7 +65,10 @@ def main() -> None:
     src = resolve(args.model)
     n_params = sum(int(np.prod(src.weights.shape(k))) for k in src.weights.keys())
     bf16_gb = n_params * 2 / 2**30
-    print(f"{args.model}: {n_params / 1e9:.2f}B parameters, BF16 weights {bf16_gb:.2f} GiB", flush=True)
+    print(
+        f"{args.model}: {n_params / 1e9:.2f}B parameters, BF16 weights {bf16_gb:.2f} GiB",
+        flush=True,
+    )
     del random_models
     rows = []
     for precision in args.precisions:
@@ -89,7 +98,9 @@ def main() -> None:
     for r in rows:
         if "parity" in r:
             lines.append("")
-            lines.append(f"fp16 artifact vs PyTorch fp32 (layer-wise) on {len(TEXTS)} texts: {r['parity']}")
+            lines.append(
+                f"fp16 artifact vs PyTorch fp32 (layer-wise) on {len(TEXTS)} texts: {r['parity']}"
+            )
     (work / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -109,7 +120,11 @@ def parity(model: str, artifact: Path) -> dict[str, float]:
     start = time.perf_counter()
     ref = LayerwiseReference(model, tokenizer=str(artifact)).embed(TEXTS)
     cos = np.sum(ours * ref, axis=1)
-    return {"min_cosine": float(cos.min()), "onnxruntime_s": ort_s, "pytorch_s": time.perf_counter() - start}
+    return {
+        "min_cosine": float(cos.min()),
+        "onnxruntime_s": ort_s,
+        "pytorch_s": time.perf_counter() - start,
+    }
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ def test_bf16_round_trip_bit_exact():
     ours = fp32_to_bf16(x)
     assert np.array_equal(ours.view(np.uint16), x.astype(BF16).view(np.uint16))
     assert np.array_equal(bf16_to_fp32(ours), ours.astype(np.float32))
-    assert np.array_equal(convert(ours, np.dtype(np.float16)), ours.astype(np.float32).astype(np.float16))
+    assert np.array_equal(
+        convert(ours, np.dtype(np.float16)), ours.astype(np.float32).astype(np.float16)
+    )
 
 
 def test_random_weights_are_deterministic_per_tensor():
