@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ class NoGpu:
     def reset(self) -> None:
         pass
 
-    def read_mb(self) -> float:
+    def read(self) -> float:
         return float("nan")
 
     def close(self) -> None:
@@ -63,58 +62,9 @@ class NoGpu:
 
 
 def gpu_memory(device: str) -> Any:
+    from qexport.memory import GpuMemory
+
     return GpuMemory() if device == "cuda" else NoGpu()
-
-
-class GpuMemory:
-    """Peak GPU memory of this process (NVML, sampled every 2 ms). Where NVML cannot see our
-    pid (some VMs), the device's used memory minus what was used when sampling started."""
-
-    def __init__(self) -> None:
-        import pynvml
-
-        pynvml.nvmlInit()
-        self.nv = pynvml
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        self.name = pynvml.nvmlDeviceGetName(self.handle)
-        self.name = self.name.decode() if isinstance(self.name, bytes) else self.name
-        self.base = self._device_used()
-        self.source = "process" if self._process_used() is not None else "device - baseline"
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _device_used(self) -> int:
-        return int(self.nv.nvmlDeviceGetMemoryInfo(self.handle).used)
-
-    def _process_used(self) -> int | None:
-        for p in self.nv.nvmlDeviceGetComputeRunningProcesses(self.handle):
-            if p.pid == os.getpid():
-                return int(p.usedGpuMemory or 0)
-        return None
-
-    def used(self) -> int:
-        if self.source == "process":
-            return self._process_used() or 0
-        return self._device_used() - self.base
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.used())
-            time.sleep(0.002)
-
-    def reset(self) -> None:
-        time.sleep(0.01)
-        self.peak = self.used()
-
-    def read_mb(self) -> float:
-        time.sleep(0.01)
-        return max(self.peak, self.used()) / 2**20
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _median_time(fn: Any, repeats: int, sync: Any = None) -> tuple[float, list[float]]:
@@ -299,7 +249,7 @@ def cmd_torch(args: argparse.Namespace) -> None:
         "load_s": round(load_s, 1), "texts": len(texts), "tokens": tokens,
         "padded_tokens": int(sum(len(b) * max(lengths[i] for i in b) for b in plan)),
         "batches": len(plan), "seconds": med, "runs": runs, "tokens_per_s": tokens / med,
-        "gpu_peak_mb": gpu.read_mb(), "gpu_memory_source": gpu.source,
+        "gpu_peak_mb": gpu.read() / 2**20, "gpu_memory_source": gpu.source,
         "torch_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "bf16_vs_fp32_min_cosine": float(cos.min()), "bf16_vs_fp32_mean_cosine": float(cos.mean()),
         "flops": _dense_flops(_config(args.model, args.layers)) * tokens
@@ -329,7 +279,7 @@ def cmd_torch(args: argparse.Namespace) -> None:
         try:
             sec, _ = _median_time(one, 3, sync)
             alloc = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-            long.append({"length": n, "seconds": sec, "gpu_peak_mb": gpu.read_mb(),
+            long.append({"length": n, "seconds": sec, "gpu_peak_mb": gpu.read() / 2**20,
                          "torch_max_allocated_mb": alloc})  # fmt: skip
         except torch.OutOfMemoryError as exc:
             long.append({"length": n, "error": str(exc).splitlines()[0]})
@@ -377,7 +327,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
     emb = Embedder(art, device=args.device, session_options=opts,
                    max_batch_tokens=args.max_batch_tokens)  # fmt: skip
     load_s = time.time() - t0
-    load_mb = gpu.read_mb()
+    load_mb = gpu.read() / 2**20
     placement = _placement(emb, texts)
     on_cpu = {k: v for k, v in placement.items() if k.startswith("CPUExecutionProvider")}
     parity = texts[: args.parity]
@@ -386,6 +336,8 @@ def cmd_ort(args: argparse.Namespace) -> None:
     fidelity = {}
     if ref_path.exists():
         ref = np.load(ref_path)
+        if len(ref) != len(parity):
+            raise SystemExit(f"{ref_path} holds {len(ref)} texts: run with --parity {len(ref)}")
         cos = np.sum(ours * ref, axis=1)
         fidelity = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
     ids, _, _, _ = emb.tokenize(texts)
@@ -403,7 +355,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
         "gpu_after_load_mb": load_mb, "texts": len(texts), "tokens": tokens,
         "padded_tokens": int(sum(len(b) * max(lengths[i] for i in b) for b in plan)),
         "batches": len(plan), "seconds": med, "runs": runs, "tokens_per_s": tokens / med,
-        "gpu_peak_mb": gpu.read_mb(), "gpu_memory_source": gpu.source,
+        "gpu_peak_mb": gpu.read() / 2**20, "gpu_memory_source": gpu.source,
         "flops": _dense_flops(cfg) * tokens + _attention_flops(cfg, lengths), **fidelity,
     }  # fmt: skip
     long = []
@@ -414,7 +366,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
         gpu.reset()
         try:
             sec, _ = _median_time(lambda row=row: emb.run_batch([row], [[0] * len(row)]), 3)
-            long.append({"length": n, "seconds": sec, "gpu_peak_mb": gpu.read_mb()})
+            long.append({"length": n, "seconds": sec, "gpu_peak_mb": gpu.read() / 2**20})
         except Exception as exc:  # onnxruntime raises its own types (out of memory, ...)
             long.append({"length": n, "error": str(exc).splitlines()[0][:300]})
     result["long"] = long

@@ -1,8 +1,12 @@
-"""Peak host memory of this process, for benchmarks, tests and the validator (stdlib only)."""
+"""Peak host and GPU memory of this process, for benchmarks, tests and the validator
+(stdlib only; NVML's pynvml is imported by GpuMemory alone)."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 
 
 def peak_rss_mb() -> float | None:
@@ -31,3 +35,57 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+class GpuMemory:
+    """Peak GPU memory of this process, sampled with NVML every 2 ms (onnxruntime has no
+    allocator statistics of its own). Where NVML does not list this process's pid (seen in a
+    VM with a lent H100), it falls back to the device's used memory minus its value when
+    sampling started, which is right only while no other process uses the GPU: `source` says
+    which one was read. Bytes throughout."""
+
+    def __init__(self, device_index: int = 0) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nv = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        name = pynvml.nvmlDeviceGetName(self._handle)
+        self.name: str = name.decode() if isinstance(name, bytes) else name
+        self._base = self._device_used()
+        self.source = "process" if self._process_used() is not None else "device - baseline"
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _device_used(self) -> int:
+        return int(self._nv.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def _process_used(self) -> int | None:
+        for p in self._nv.nvmlDeviceGetComputeRunningProcesses(self._handle):
+            if p.pid == os.getpid():
+                return int(p.usedGpuMemory or 0)
+        return None
+
+    def used(self) -> int:
+        if self.source == "process":
+            return self._process_used() or 0
+        return self._device_used() - self._base
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.used())
+            time.sleep(0.002)
+
+    def reset(self) -> None:
+        time.sleep(0.01)  # let the sampler see the end of what ran before
+        self.peak = self.used()
+
+    def read(self) -> int:
+        time.sleep(0.01)
+        return max(self.peak, self.used())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -4,6 +4,8 @@
 #   1: carry .ortgpu/p01 + .devshared   bash bench/device/gpu_session.sh 1
 #   2: carry .ortgpu/p00                bash bench/device/gpu_session.sh 2
 #   3:                                  bash bench/device/gpu_session.sh 3
+# The validator on CUDA in two calls: `keep` carrying .ortgpu/p01 + .devshared, then `v`
+# carrying .ortgpu/p00.
 # Work and results: /tmp/gb (kept while the machine stays warm); results copied to $OUT.
 # Carried paths last one call only (each call replaces the ignored paths it does not carry),
 # so every call first copies what it carried to /tmp/keep, which stays while the machine does.
@@ -46,5 +48,13 @@ case "$1" in
   done
   python3 bench/bench_gpu.py report --workdir $W --out $W/results/table.md
   save; show 3 ;;
+keep) ls -la $K ;;  # only copy what this call carried
+v)  # qexport validate on CUDA (the validator's GPU memory / MFU paths): carry p00 after `keep`
+  bash bench/device/install_ort_gpu.sh || exit 1
+  python3 -m qexport.cli -q onnx random:qwen3-embedding-0.6b -o $W/v06 --precision fp16 \
+    --tokenizer $D/tokenizer --overwrite || exit 1
+  python3 -m qexport.cli validate $W/v06 --reference random:qwen3-embedding-0.6b --device cuda \
+    --report $W/results/validate-cuda --lengths 16,128,512,2048 2>&1 | tail -40
+  tar czf "$OUT/validate.tgz" -C $W/results validate-cuda ;;
 *) show 20; save ;;
 esac

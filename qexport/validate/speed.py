@@ -19,14 +19,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..memory import peak_rss_mb, reset_peak_rss
+from ..memory import GpuMemory, peak_rss_mb, reset_peak_rss
 
 ENGINES = ("onnxruntime", "pytorch")
 
@@ -103,39 +102,6 @@ def gpu_peak_flops(gpu_name: str | None, precision: str) -> float | None:
 # ----------------------------------------------------------------------------- worker
 
 
-class _NvmlPeak:
-    """Peak GPU memory of this process, sampled with NVML every 5 ms (onnxruntime)."""
-
-    def __init__(self) -> None:
-        import pynvml
-
-        pynvml.nvmlInit()
-        self.nvml = pynvml
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def used(self) -> int:
-        for p in self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle):
-            if p.pid == os.getpid():
-                return int(p.usedGpuMemory or 0)
-        return 0
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.used())
-            time.sleep(0.005)
-
-    def reset(self) -> None:
-        self.peak = self.used()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _load(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     """(embed(texts, batch_size) callable, gpu peak reader, info)."""
     device = cfg["device"]
@@ -147,7 +113,8 @@ def _load(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
         gpu = None
         if emb.providers[0] == "CUDAExecutionProvider":
             try:
-                gpu = _NvmlPeak()
+                gpu = GpuMemory()
+                info["gpu_memory_source"] = gpu.source
             except Exception as exc:  # no pynvml / NVML: report why
                 info["gpu_memory_note"] = f"NVML unavailable ({exc})"
         return (lambda texts, b: emb.embed(texts, batch_size=b)), gpu, info
@@ -205,7 +172,7 @@ def worker(cfg: dict[str, Any]) -> None:
             raise FloatingPointError("non-finite output during the speed run")
         gpu_peak = None
         if gpu is not None:
-            gpu_peak = gpu.read() if hasattr(gpu, "read") else gpu.peak
+            gpu_peak = gpu.read()
         _emit(
             {
                 "event": "cell",
