@@ -53,6 +53,7 @@ class GpuMemory:
         name = pynvml.nvmlDeviceGetName(self._handle)
         self.name: str = name.decode() if isinstance(name, bytes) else name
         self._base = self._device_used()
+        # a process without a CUDA context yet is not listed: create this before the engine
         self.source = "process" if self._process_used() is not None else "device - baseline"
         self.peak = 0
         self._stop = threading.Event()

@@ -108,15 +108,23 @@ def _load(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     if cfg["engine"] == "onnxruntime":
         from ..runtime import Embedder
 
-        emb = Embedder(cfg["artifact"], device=device)
-        info = {"providers": emb.providers}
+        info: dict[str, Any] = {}
         gpu = None
-        if emb.providers[0] == "CUDAExecutionProvider":
+        if device in ("cuda", "auto"):
+            # before the session: the reading then includes weights and CUDA context, and NVML
+            # cannot yet list this process, so it reads the device minus this baseline (on an
+            # H100 VM the per-process counter stayed at one value whatever the batch)
             try:
                 gpu = GpuMemory()
-                info["gpu_memory_source"] = gpu.source
             except Exception as exc:  # no pynvml / NVML: report why
                 info["gpu_memory_note"] = f"NVML unavailable ({exc})"
+        emb = Embedder(cfg["artifact"], device=device)
+        info["providers"] = emb.providers
+        if gpu is not None and emb.providers[0] != "CUDAExecutionProvider":
+            gpu.close()
+            gpu = None
+        if gpu is not None:
+            info["gpu_memory_source"] = gpu.source
         return (lambda texts, b: emb.embed(texts, batch_size=b)), gpu, info
     from .parity import load_reference
 
