@@ -111,9 +111,8 @@ def _load(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
         info: dict[str, Any] = {}
         gpu = None
         if device in ("cuda", "auto"):
-            # before the session: the reading then includes weights and CUDA context, and NVML
-            # cannot yet list this process, so it reads the device minus this baseline (on an
-            # H100 VM the per-process counter stayed at one value whatever the batch)
+            # before the session, so that the reading includes weights and CUDA context (NVML
+            # cannot list this process yet: it reads the device minus this baseline)
             try:
                 gpu = GpuMemory()
             except Exception as exc:  # no pynvml / NVML: report why
