@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .commands import COMMANDS
 from .commands.errors import UsageError
@@ -25,14 +25,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     p = _Parser(
         prog="qexport",
         description="Export, quantize, run and validate embedding models with ONNX Runtime.",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    modules = {}
+    modules: dict[str, Any] = {}
     for name in COMMANDS:
         module = importlib.import_module(f"qexport.commands.{name}")
         module.add(sub)

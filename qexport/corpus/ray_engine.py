@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -321,11 +322,11 @@ def _numbered_source(
             for path in files:
                 prefix = "" if len(files) == 1 else posixpath.relpath(path, root) + ":"
                 meta = BlockMetadata(
-                    num_rows=None, size_bytes=None, input_files=[path], exec_stats=None
+                    num_rows=None, size_bytes=None, input_files=(path,), exec_stats=None
                 )
                 tasks.append(
                     ReadTask(
-                        lambda path=path, prefix=prefix: read_file(path, prefix),
+                        partial(read_file, path, prefix),
                         meta,
                         per_task_row_limit=per_task_row_limit,
                     )

@@ -9,6 +9,8 @@ layer, plus the activations of one text.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..export.source import resolve
@@ -29,7 +31,7 @@ class LayerwiseReference:
         cfg = dict(self.src.config)
         cfg.pop("architectures", None)
         cfg.pop("max_window_layers", None)
-        self.config = AutoConfig.for_model(**cfg)
+        self.config: Any = AutoConfig.for_model(**cfg)  # a Qwen3Config
         self.config._attn_implementation = "sdpa"
         self.n_layers = self.config.num_hidden_layers if layers is None else layers
         tok_dir = tokenizer or self.src.tokenizer_dir

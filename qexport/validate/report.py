@@ -177,10 +177,10 @@ def sections(r: dict[str, Any]) -> list[Section]:
             "Peak RSS per length: the engine process's high-water mark over the cells of that "
             "length (model weights included); 'after load': the mark once the model is loaded."
         )
-        head = ["batch", "length"]
+        cols = ["batch", "length"]
         for e in engines:
-            head += [f"{e} tok/s", f"{e} p50 ms", f"{e} p95 ms"]
-        head += ["speedup"]
+            cols += [f"{e} tok/s", f"{e} p50 ms", f"{e} p95 ms"]
+        cols += ["speedup"]
         rows = []
         for g in sp["grid"]:
             row: list[Any] = [g["batch_size"], g["length"]]
@@ -192,7 +192,7 @@ def sections(r: dict[str, Any]) -> list[Section]:
                 ]
             row.append(f"{g['speedup']:.2f}x" if "speedup" in g else "–")
             rows.append(row)
-        s.tables.append((head, rows))
+        s.tables.append((cols, rows))
         mem_rows = []
         for e in engines:
             load = sp["engines"][e]
@@ -296,6 +296,11 @@ def _failure(c: dict[str, Any]) -> Section:
     return s
 
 
+def _floats(values: Any) -> list[float]:
+    """None (not measured) as NaN, which matplotlib leaves out of a line."""
+    return [float("nan") if v is None else float(v) for v in values]
+
+
 def _memory_by_length(sp: dict[str, Any], engine: str) -> dict[int, dict[str, float | None]]:
     out: dict[int, dict[str, float | None]] = {}
     for g in sp["grid"]:
@@ -339,7 +344,7 @@ def plots(r: dict[str, Any]) -> dict[str, bytes]:
         lo = min(dist.min(), 1e-8)
         hi = max(dist.max(), 1 - (r["thresholds"].get("cosine_min") or 0.9999)) * 2
         bins = np.logspace(np.log10(lo), np.log10(hi), 30)
-        ax.hist(dist, bins=bins, color=COLORS["onnxruntime"], edgecolor="white")
+        ax.hist(dist, bins=bins.tolist(), color=COLORS["onnxruntime"], edgecolor="white")
         thr = r["thresholds"].get("cosine_min")
         if thr is not None:
             ax.axvline(1 - thr, color="#d62728", linestyle="--", label=f"threshold (cos {thr})")
@@ -379,7 +384,7 @@ def plots(r: dict[str, Any]) -> dict[str, bytes]:
             mem = _memory_by_length(sp, e)
             ax.plot(
                 sp["lengths"],
-                [mem[n]["rss"] for n in sp["lengths"]],
+                _floats(mem[n]["rss"] for n in sp["lengths"]),
                 marker="o",
                 color=COLORS.get(e),
                 label=f"{e} peak RSS",
@@ -387,7 +392,7 @@ def plots(r: dict[str, Any]) -> dict[str, bytes]:
             if any(mem[n]["gpu"] is not None for n in sp["lengths"]):
                 ax.plot(
                     sp["lengths"],
-                    [mem[n]["gpu"] for n in sp["lengths"]],
+                    _floats(mem[n]["gpu"] for n in sp["lengths"]),
                     marker="s",
                     linestyle="--",
                     color=COLORS.get(e),

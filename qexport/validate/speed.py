@@ -109,7 +109,7 @@ def _load(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
         from ..runtime import Embedder
 
         info: dict[str, Any] = {}
-        gpu = None
+        gpu: Any = None
         if device in ("cuda", "auto"):
             # before the session, so that the reading includes weights and CUDA context (NVML
             # cannot list this process yet: it reads the device minus this baseline)
@@ -292,7 +292,7 @@ def run_speed(
         return [len(r) for r in encoder.encode(texts, warn=False).ids]
 
     pool = pool or BUILTIN_TEXTS
-    cells = []
+    cells: list[dict[str, Any]] = []
     for length in lengths:
         texts_all = make_texts(count, pool, length, max(batch_sizes), offset=length)
         for i, b in enumerate(batch_sizes):
@@ -314,7 +314,7 @@ def run_speed(
         "repeats": repeats,
         "warmup": warmup,
     }
-    results = {}
+    results: dict[str, Any] = {}
     with tqdm(
         total=len(cells) * len(engines), desc="speed", disable=not progress, leave=False
     ) as bar:

@@ -12,6 +12,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,14 @@ def _fidelity(
     return out
 
 
+def _with_instruction(embed: Any, instruction: str | None, texts: list[str]) -> Any:
+    return embed(texts, instruction)
+
+
 def _retrieval(emb: Embedder, ref: Any, opts: ValidateOptions) -> dict[str, Any]:
     from . import retrieval as rt
 
+    assert opts.dataset is not None
     ds = rt.load_beir(
         opts.dataset, max_corpus=opts.max_corpus, max_queries=opts.max_queries, seed=opts.seed
     )
@@ -125,7 +131,7 @@ def _retrieval(emb: Embedder, ref: Any, opts: ValidateOptions) -> dict[str, Any]
             embed, ds.corpus_texts, desc=f"corpus ({name})", progress=opts.progress
         )
         queries = rt.embed_in_chunks(
-            lambda t, e=embed: e(t, instruction),
+            partial(_with_instruction, embed, instruction),
             ds.query_texts,
             desc=f"queries ({name})",
             progress=opts.progress,

@@ -177,7 +177,7 @@ def initializer_bytes(model: ir.Model) -> int:
     for v in model.graph.initializers.values():
         t = v.const_value
         if t is not None:
-            total += int(np.prod([int(d) for d in t.shape])) * int(t.dtype.itemsize)
+            total += t.nbytes
     return total
 
 

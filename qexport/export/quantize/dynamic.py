@@ -10,6 +10,7 @@ Weights are `ir.LazyTensor`s quantized when written, with onnxruntime.quantizati
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,13 +57,13 @@ def apply_dynamic_int8(model: ir.Model, targets: Iterable[Target]) -> dict[str, 
     for t in targets:
         q = _PerChannel(t)
         wq = ir.LazyTensor(
-            lambda q=q, nm=f"{t.name}_quantized": q.part(0, nm),
+            partial(q.part, 0, f"{t.name}_quantized"),
             dtype=ir.DataType.INT8,
             shape=ir.Shape([t.k, t.n]),
             name=f"{t.name}_quantized",
         )
         scale = ir.LazyTensor(
-            lambda q=q, nm=f"{t.name}_scale": q.part(1, nm),
+            partial(q.part, 1, f"{t.name}_scale"),
             dtype=ir.DataType.FLOAT,
             shape=ir.Shape([t.n]),
             name=f"{t.name}_scale",

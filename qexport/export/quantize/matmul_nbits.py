@@ -12,6 +12,7 @@ that the result is byte-identical to MatMulNBitsQuantizer's.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -115,13 +116,13 @@ def apply_matmul_nbits(
         q = _Blockwise(t, b, block_size, pre)
         dtype = t.weight.const_value.dtype  # type: ignore[union-attr]
         packed = ir.LazyTensor(
-            lambda q=q, nm=f"{t.name}_Q{b}": q.part(0, nm),
+            partial(q.part, 0, f"{t.name}_Q{b}"),
             dtype=ir.DataType.UINT8,
             shape=ir.Shape([n, k_blocks, blob]),
             name=f"{t.name}_Q{b}",
         )
         scales = ir.LazyTensor(
-            lambda q=q, nm=f"{t.name}_scales": q.part(1, nm),
+            partial(q.part, 1, f"{t.name}_scales"),
             dtype=dtype,
             shape=ir.Shape([n, k_blocks]),
             name=f"{t.name}_scales",
@@ -133,7 +134,7 @@ def apply_matmul_nbits(
         inputs = [t.activation, packed_v, scales_v]
         if pre is not None and pre.zero_points is not None:
             zp = ir.LazyTensor(
-                lambda q=q, nm=f"{t.name}_zero_points": q.part(2, nm),
+                partial(q.part, 2, f"{t.name}_zero_points"),
                 dtype=ir.DataType.UINT8,
                 shape=ir.Shape([n, (k_blocks * b + 7) // 8]),
                 name=f"{t.name}_zero_points",

@@ -96,7 +96,9 @@ def _scaled(tensor: ir.TensorProtocol, factor: np.ndarray, axis: int | None) -> 
         f = factor if axis is None else np.expand_dims(factor, 1 - axis)
         return ir.tensor((arr.astype(np.float32) * f).astype(arr.dtype), name=tensor.name)
 
-    return ir.LazyTensor(make, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name)
+    return ir.LazyTensor(
+        make, dtype=tensor.dtype, shape=ir.Shape(tensor.shape.numpy()), name=tensor.name
+    )
 
 
 def _sole_initializer(value: ir.Value | None) -> bool:

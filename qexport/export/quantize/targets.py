@@ -22,11 +22,11 @@ class Target:
 
     @property
     def k(self) -> int:
-        return int(self.weight.shape[0])  # type: ignore[index]
+        return _static_dim(self.weight, 0)
 
     @property
     def n(self) -> int:
-        return int(self.weight.shape[1])  # type: ignore[index]
+        return _static_dim(self.weight, 1)
 
     @property
     def activation(self) -> ir.Value:
@@ -72,6 +72,13 @@ def replace_node(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
     graph.remove(old, safe=True)
 
 
+def _static_dim(value: ir.Value, axis: int) -> int:
+    dim = value.shape[axis] if value.shape is not None else None
+    if not isinstance(dim, int):
+        raise ValueError(f"{value.name}: dimension {axis} is not static ({dim})")
+    return dim
+
+
 def drop_initializer(graph: ir.Graph, value: ir.Value) -> None:
-    if not value.uses() and value.name in graph.initializers:
+    if not value.uses() and value.name is not None and value.name in graph.initializers:
         del graph.initializers[value.name]
