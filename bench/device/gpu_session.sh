@@ -5,7 +5,7 @@
 #   2: carry .ortgpu/p00                bash bench/device/gpu_session.sh 2
 #   3:                                  bash bench/device/gpu_session.sh 3
 # The validator on CUDA in two calls: `keep` carrying .ortgpu/p01 + .devshared, then `v`
-# carrying .ortgpu/p00.
+# carrying .ortgpu/p00; the CUDA tests likewise with `t` instead of `v`.
 # Work and results: /tmp/gb (kept while the machine stays warm); results copied to $OUT.
 # Carried paths last one call only (each call replaces the ignored paths it does not carry),
 # so every call first copies what it carried to /tmp/keep, which stays while the machine does.
@@ -56,5 +56,8 @@ v)  # qexport validate on CUDA (the validator's GPU memory / MFU paths): carry p
   python3 -m qexport.cli validate $W/v06 --reference random:qwen3-embedding-0.6b --device cuda \
     --report $W/results/validate-cuda --lengths 16,128,512,2048 2>&1 | tail -40
   tar czf "$OUT/validate.tgz" -C $W/results validate-cuda ;;
+t)  # the CUDA tests (tests/runtime/test_cuda.py): carry p00 after `keep`
+  bash bench/device/install_ort_gpu.sh || exit 1
+  python3 -m pytest -q -p no:cacheprovider tests/runtime/test_cuda.py -rs 2>&1 | tail -15 ;;
 *) show 20; save ;;
 esac
