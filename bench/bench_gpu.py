@@ -93,10 +93,12 @@ def _texts(args: argparse.Namespace) -> list[str]:
         return [json.loads(line)["text"] for line in fh]
 
 
-def _attention_flops(cfg: dict[str, Any], lengths: list[int]) -> float:
-    """Scores and values over whole sequences: 4 x L^2 x heads x head_dim per layer."""
-    per = 4.0 * cfg["num_attention_heads"] * cfg["head_dim"] * cfg["num_hidden_layers"]
-    return per * float(sum(n * n for n in lengths))
+def _flops(cfg: dict[str, Any], lengths: list[int]) -> float:
+    """Projections plus attention over whole sequences (the validator's flops_per_token)."""
+    from qexport.validate.speed import flops_per_token
+
+    dense = _dense_flops(cfg)
+    return float(sum(n * flops_per_token(dense, cfg, n) for n in lengths))
 
 
 def _dense_flops(cfg: dict[str, Any]) -> float:
@@ -252,8 +254,7 @@ def cmd_torch(args: argparse.Namespace) -> None:
         "gpu_peak_mb": gpu.read() / 2**20, "gpu_memory_source": gpu.source,
         "torch_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "bf16_vs_fp32_min_cosine": float(cos.min()), "bf16_vs_fp32_mean_cosine": float(cos.mean()),
-        "flops": _dense_flops(_config(args.model, args.layers)) * tokens
-        + _attention_flops(_config(args.model, args.layers), lengths),
+        "flops": _flops(_config(args.model, args.layers), lengths),
     }  # fmt: skip
     if cuda:
         a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -356,7 +357,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
         "padded_tokens": int(sum(len(b) * max(lengths[i] for i in b) for b in plan)),
         "batches": len(plan), "seconds": med, "runs": runs, "tokens_per_s": tokens / med,
         "gpu_peak_mb": gpu.read() / 2**20, "gpu_memory_source": gpu.source,
-        "flops": _dense_flops(cfg) * tokens + _attention_flops(cfg, lengths), **fidelity,
+        "flops": _flops(cfg, lengths), **fidelity,
     }  # fmt: skip
     long = []
     rng = np.random.default_rng(0)

@@ -119,9 +119,11 @@ def _load(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
                 info["gpu_memory_note"] = f"NVML unavailable ({exc})"
         emb = Embedder(cfg["artifact"], device=device)
         info["providers"] = emb.providers
-        if gpu is not None and emb.providers[0] != "CUDAExecutionProvider":
-            gpu.close()
-            gpu = None
+        if emb.providers[0] != "CUDAExecutionProvider":  # "auto" fell back to the CPU
+            info.pop("gpu_memory_note", None)
+            if gpu is not None:
+                gpu.close()
+                gpu = None
         if gpu is not None:
             info["gpu_memory_source"] = gpu.source
         return (lambda texts, b: emb.embed(texts, batch_size=b)), gpu, info

@@ -71,31 +71,18 @@ class Batches:
         batch_size: int | None = None,
     ) -> Batches:
         """The runtime's batches (plan_batches: at most `batch_size` rows, the default token
-        budget), or (None) length-sorted batches of at most TOKENS_PER_BATCH padded tokens."""
+        budget), or (None) batches of at most TOKENS_PER_BATCH padded tokens."""
         enc = encoder.encode(list(texts), warn=False)
         lengths = [len(r) for r in enc.ids]
         out = cls(list(input_names), n_texts=len(texts))
-        for idx in _groups(lengths, batch_size):
+        budget = DEFAULT_MAX_BATCH_TOKENS if batch_size else TOKENS_PER_BATCH
+        for idx in plan_batches(lengths, budget, batch_size or len(lengths)):
             ids, mask = pad_right([enc.ids[i] for i in idx])
             feed = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in input_names:
                 feed["token_type_ids"] = pad_right([enc.type_ids[i] for i in idx])[0]
             out.batches.append((idx, {k: v for k, v in feed.items() if k in input_names}))
         return out
-
-
-def _groups(lengths: list[int], batch_size: int | None) -> list[np.ndarray]:
-    if batch_size:
-        return plan_batches(lengths, DEFAULT_MAX_BATCH_TOKENS, batch_size)
-    order = np.argsort(lengths, kind="stable")
-    groups, start = [], 0
-    while start < len(order):
-        stop = start + 1
-        while stop < len(order) and (stop - start + 1) * lengths[order[stop]] <= TOKENS_PER_BATCH:
-            stop += 1
-        groups.append(order[start:stop])
-        start = stop
-    return groups
 
 
 class Runner:
