@@ -15,7 +15,12 @@ import pytest
 
 from qexport.cli import main
 from qexport.export.api import ExportOptions, build_model, export_onnx
-from qexport.export.quantize import MAX_WIDER_FRACTION, QuantizationRefused, QuantOptions
+from qexport.export.quantize import (
+    BARS,  # the one table: quantize, validate, CLI help
+    MAX_WIDER_FRACTION,
+    QuantizationRefused,
+    QuantOptions,
+)
 from qexport.export.quantize.calibration import Batches, encoder_for, load_texts
 from qexport.export.quantize.dynamic import quantize_per_channel
 from qexport.export.quantize.matmul_nbits import apply_matmul_nbits
@@ -30,7 +35,6 @@ from tests.conftest import cosines
 MAX_LENGTH = 256
 # the built-in texts that fit MAX_LENGTH byte tokens (the reference must not truncate)
 TEXTS = [t for t in BUILTIN_TEXTS if len(t.encode()) < MAX_LENGTH - 8]
-BARS = {"int8": 0.995, "int4": 0.98, "int8-dynamic": 0.99}
 
 
 def _run(path, feed):  # type: ignore[no-untyped-def]

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from qexport.export.api import ExportOptions, export_onnx
-from qexport.export.quantize import QuantizationRefused
+from qexport.export.quantize import (
+    BARS,  # the one table: quantize, validate, CLI help
+    QuantizationRefused,
+)
 from qexport.runtime import Embedder
 from qexport.texts import BUILTIN_TEXTS
 from tests.conftest import SHARED, cosines, need_shared
-
-BARS = {"int8": 0.995, "int4": 0.98, "int8-dynamic": 0.99}
 
 
 @pytest.fixture(scope="module")
