@@ -47,7 +47,10 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="embed a corpus (.txt, .jsonl, .parquet) into .npy or .parquet, resumably",
         description=(
             "Embed every record of INPUT. An interrupted run, started again with the same "
-            "arguments, resumes from OUTPUT.parts/ and writes every id exactly once."
+            "arguments, resumes from OUTPUT.parts/ (--engine ray: from the checkpoint "
+            "folder, checked against OUTPUT first: ids it records that OUTPUT lacks are "
+            "computed again) and writes every id exactly once. Prints one line: N texts "
+            "(W written, D already done), W + D = N."
         ),
     )
     e.add_argument("artifact", help="artifact folder")
@@ -90,7 +93,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--address", default=None, help="Ray cluster: auto or ray://HOST:PORT")
     ray.add_argument("--actors", type=parse_actors, default=None, help="N or MIN:MAX")
     ray.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor")
-    ray.add_argument("--checkpoint-dir", default=None, help="Ray Data checkpoint folder")
+    ray.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="Ray Data checkpoint folder (default OUTPUT.ray-checkpoint)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

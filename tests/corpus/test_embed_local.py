@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from qexport.cli import main
+from qexport.corpus.parts import decode_ids
 from qexport.runtime import Embedder
 from tests.texts import MIXED
 
@@ -129,7 +130,7 @@ def _parts_rows(parts_dir):
     rows = []
     for path in sorted(parts_dir.glob("part-*.npz")):
         with np.load(path) as data:
-            rows.extend(data["ids"].tolist())
+            rows.extend(decode_ids(data["ids_utf8"], data["id_offsets"]))
     return rows
 
 

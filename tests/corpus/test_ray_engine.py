@@ -324,3 +324,16 @@ def test_rerun_after_output_deleted_or_truncated(
         np.stack(local_table["embedding"].to_numpy(zero_copy_only=False)),
         atol=1e-5,
     )
+
+
+def test_refuses_output_that_is_a_file(tiny_artifact, tmp_path):
+    """`-o out.parquet` written by the local engine (a file), then `--engine ray` on the same
+    path: refused before Ray starts, the file untouched."""
+    pytest.importorskip("ray")
+    src = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), src)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the local engine's file")
+    with pytest.raises(ValueError, match=r"out\.parquet is a file; --engine ray writes a folder"):
+        embed_corpus_ray(artifact=tiny_artifact, input=src, output=out)
+    assert out.read_bytes() == b"the local engine's file"
