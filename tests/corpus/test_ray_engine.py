@@ -262,6 +262,7 @@ def test_missing_text_column(tiny_artifact, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~60 s on 2 cores: three Ray Data runs
 def test_rerun_after_output_deleted_or_truncated(
     ray_cluster, tiny_artifact, tmp_path, caplog, capsys
 ):
@@ -314,7 +315,8 @@ def test_rerun_after_output_deleted_or_truncated(
     run(0, n)  # complete: nothing to do
 
     local = tmp_path / "local.parquet"
-    assert main(["-q", "embed", str(tiny_artifact), str(src), "-o", str(local)]) == 0
+    argv_local = ["-q", "embed", str(tiny_artifact), str(src), "-o", str(local), "--device", "cpu"]
+    assert main(argv_local) == 0
     ray_table = pq.read_table(out).sort_by("id")
     local_table = pq.read_table(local).sort_by("id")
     assert ray_table.schema == local_table.schema
