@@ -26,6 +26,7 @@ from .ray_input import _files, _fs
 log = logging.getLogger("qexport")
 
 PENDING_SUFFIX = ".pending.parquet"  # ray.data.checkpoint.checkpoint_writer's name for them
+TMP_SUFFIX = ".parquet.qexport"  # `_rewrite`'s temp files: `.<checkpoint file>.qexport`
 
 
 def _read_ids(fs: Any, files: list[str], column: str = "id") -> Any:
@@ -82,8 +83,22 @@ def _rewrite(fs: Any, path: str, ids: Any) -> None:
     import pyarrow.parquet as pq
 
     tmp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".qexport")
+    assert tmp.endswith(TMP_SUFFIX)
     pq.write_table(pa.table({"id": ids}), tmp, filesystem=fs)
     fs.move(tmp, path)
+
+
+def _remove_rewrite_temps(fs: Any, root: str) -> None:
+    """Temp files of a `_rewrite` cut short by a kill (Ray's checkpoint loader would count
+    them as files)."""
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return
+    for entry in fs.get_file_info(pafs.FileSelector(root)):
+        name = posixpath.basename(entry.path)
+        if entry.type == pafs.FileType.File and name.startswith(".") and name.endswith(TMP_SUFFIX):
+            fs.delete_file(entry.path)
 
 
 def reconcile(output_uri: str, checkpoint_uri: str) -> int:
@@ -92,6 +107,7 @@ def reconcile(output_uri: str, checkpoint_uri: str) -> int:
     import pyarrow.compute as pc
 
     fs, committed, pending = _checkpoint_files(checkpoint_uri)
+    _remove_rewrite_temps(fs, _fs(checkpoint_uri)[1])
     present = output_ids(output_uri, tuple(pending))
     dup = _duplicate(present)
     if dup is not None:
