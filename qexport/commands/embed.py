@@ -31,13 +31,14 @@ def _positive(text: str) -> int:
 
 
 def parse_actors(text: str) -> str:
-    """Check `N` or `MIN:MAX` (an autoscaling actor pool); passed on to Ray as the string."""
-    if ":" in text:
-        lo, _, hi = text.partition(":")
-        if _positive(lo) > _positive(hi):
-            raise argparse.ArgumentTypeError(f"--actors {text}: MIN is larger than MAX")
-    else:
-        _positive(text)
+    """Check `N` or `MIN:MAX` (an autoscaling actor pool) with the Ray engine's parser (which
+    imports no Ray); passed on to it as the string."""
+    from ..corpus.ray_engine import parse_actors as parse
+
+    try:
+        parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

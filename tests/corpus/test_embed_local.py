@@ -95,7 +95,7 @@ def test_parquet_to_parquet(tiny_artifact, emb, tmp_path):
         ("empty.txt", "", [], "no records"),
         ("ok.txt", "a\n", ["--dim", "100"], "dim 100 is not allowed"),
         ("ok.txt", "a\n", ["--actors", "2"], "only apply to --engine ray"),
-        ("ok.txt", "a\n", ["--actors", "3:2"], "MIN is larger than MAX"),
+        ("ok.txt", "a\n", ["--actors", "3:2"], "MIN:MAX with 1 <= MIN <= MAX, got '3:2'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
