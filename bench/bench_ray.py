@@ -141,13 +141,13 @@ def main() -> None:
             def on_ray(actors: int = actors, run: dict[str, int] = run) -> None:
                 run["n"] += 1
                 out = work / f"ray-{actors}-{run['n']}"
-                stats = embed_corpus_ray(
+                summary = embed_corpus_ray(
                     artifact=artifact, input=corpus, output=out, actors=str(actors),
                     batch_size=args.batch_size,
                 )  # fmt: skip
-                assert stats["rows_written"] == rows, stats
+                assert summary.written == rows, summary
                 shutil.rmtree(out)
-                shutil.rmtree(stats["checkpoint_dir"])
+                shutil.rmtree(str(summary.checkpoint_dir))
 
             secs, peak = timed(on_ray, args.repeats)
             results[f"ray, {actors} actor(s)"] = {

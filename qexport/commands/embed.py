@@ -1,16 +1,23 @@
 """`qexport embed ARTIFACT INPUT -o OUTPUT`: embed a corpus file, resumably.
 
 The local engine (default) runs in this process; `--engine ray` hands the same job to
-`qexport.corpus.ray_engine.embed_corpus_ray` (optional extra `qexport[ray]`).
+`qexport.corpus.ray_engine.embed_corpus_ray` (optional extra `qexport[ray]`). Both print one
+summary line (`EmbedSummary.line`): rows in the input = rows written + rows already done.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import PurePosixPath
 
 from .errors import UsageError
 
 RAY_HINT = '--engine ray needs Ray: pip install "qexport[ray]"'
+OUTPUT_HELP = (
+    "OUT.parquet (id, embedding; both engines: the local engine writes one file, --engine ray "
+    "a folder of parquet files at that path; pyarrow.parquet.read_table reads either) or "
+    "OUT.npy (float32 [rows, dim] in input order; local engine only)"
+)
 
 
 def _positive(text: str) -> int:
@@ -24,13 +31,14 @@ def _positive(text: str) -> int:
 
 
 def parse_actors(text: str) -> str:
-    """Check `N` or `MIN:MAX` (an autoscaling actor pool); passed on to Ray as the string."""
-    if ":" in text:
-        lo, _, hi = text.partition(":")
-        if _positive(lo) > _positive(hi):
-            raise argparse.ArgumentTypeError(f"--actors {text}: MIN is larger than MAX")
-    else:
-        _positive(text)
+    """Check `N` or `MIN:MAX` (an autoscaling actor pool) with the Ray engine's parser (which
+    imports no Ray); passed on to it as the string."""
+    from ..corpus.ray_engine import parse_actors as parse
+
+    try:
+        parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -40,12 +48,15 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="embed a corpus (.txt, .jsonl, .parquet) into .npy or .parquet, resumably",
         description=(
             "Embed every record of INPUT. An interrupted run, started again with the same "
-            "arguments, resumes from OUTPUT.parts/ and writes every id exactly once."
+            "arguments, resumes from OUTPUT.parts/ (--engine ray: from the checkpoint "
+            "folder, checked against OUTPUT first: ids it records that OUTPUT lacks are "
+            "computed again) and writes every id exactly once. Prints one line: N texts "
+            "(W written, D already done), W + D = N."
         ),
     )
     e.add_argument("artifact", help="artifact folder")
     e.add_argument("input", help=".txt (a text per line), .jsonl or .parquet")
-    e.add_argument("-o", "--output", required=True, help=".npy or .parquet (id, embedding)")
+    e.add_argument("-o", "--output", required=True, help=OUTPUT_HELP)
     e.add_argument("--instruction", default=None, help="query instruction (queries only)")
     e.add_argument("--dim", type=_positive, default=None, help="Matryoshka dimension")
     e.add_argument(
@@ -70,12 +81,24 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=1024,
         help="rows per committed part (local engine; default 1024)",
     )
-    e.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    e.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUTPUT (local engine)"
+    )
+    e.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip checking the artifact's sha256 checksums at load (checked by default)",
+    )
     ray = e.add_argument_group("ray engine")
     ray.add_argument("--address", default=None, help="Ray cluster: auto or ray://HOST:PORT")
     ray.add_argument("--actors", type=parse_actors, default=None, help="N or MIN:MAX")
     ray.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor")
-    ray.add_argument("--checkpoint-dir", default=None, help="Ray Data checkpoint folder")
+    ray.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="Ray Data checkpoint folder (default OUTPUT.ray-checkpoint)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,24 +124,30 @@ def run(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        verify=args.verify,
     )
-    rate = (summary.rows - summary.resumed) / max(summary.seconds, 1e-9)
-    resumed = f", {summary.resumed} resumed" if summary.resumed else ""
-    print(
-        f"embedded {summary.rows} texts{resumed} -> {summary.output} "
-        f"(dim {summary.dim}) in {summary.seconds:.1f} s ({rate:.1f} texts/s)"
-    )
+    print(summary.line())
     return 0
 
 
 def _run_ray(args: argparse.Namespace) -> int:
+    suffix = PurePosixPath(str(args.output).rstrip("/")).suffix.lower()
+    if suffix == ".npy":
+        raise UsageError(
+            "--engine ray writes parquet, not .npy: use -o OUT.parquet (a folder of parquet "
+            "files that pyarrow.parquet.read_table reads as one table)"
+        )
+    if args.overwrite:
+        raise UsageError(
+            "--overwrite does not apply to --engine ray (a rerun resumes from the checkpoint)"
+        )
     try:
         import ray  # noqa: F401  (only for --engine ray)
     except ImportError:
         raise UsageError(RAY_HINT) from None
     from ..corpus.ray_engine import embed_corpus_ray
 
-    stats = embed_corpus_ray(
+    summary = embed_corpus_ray(
         artifact=args.artifact,
         input=args.input,
         output=args.output,
@@ -132,7 +161,7 @@ def _run_ray(args: argparse.Namespace) -> int:
         gpus_per_actor=args.gpus_per_actor,
         batch_size=args.batch_size,
         checkpoint_dir=args.checkpoint_dir,
+        verify=args.verify,
     )
-    if isinstance(stats, dict):
-        print(f"ray engine -> {args.output}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    print(summary.line())
     return 0

@@ -8,13 +8,20 @@ Inputs (records in file order, each an (id, text) pair):
 
 Outputs: `.npy` float32 [n, dim] in input order, or `.parquet` with columns `id` (string) and
 `embedding` (list<float32>), one row per input record, in input order.
+
+Ids are strings of any length and content a JSON string can hold (the empty string and NUL
+included), except unpaired surrogates, which no UTF-8 file can store: those, in an id or a
+text, are refused by `scan_ids` before any work, naming the record.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,30 @@ PYARROW_HINT = 'reading or writing parquet needs pyarrow: pip install "qexport[c
 
 class CorpusError(ValueError):
     """A problem with the input corpus or the output path, named in one line."""
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    """What one `qexport embed` run did (both engines): `written + resumed == rows`, the
+    number of input records; `resumed` rows were already done by an earlier run."""
+
+    rows: int
+    written: int
+    resumed: int
+    dim: int | None
+    seconds: float
+    output: str
+    engine: str = "local"
+    checkpoint_dir: str | None = None
+
+    def line(self) -> str:
+        rate = self.written / max(self.seconds, 1e-9)
+        resumed = f", {self.resumed} already done" if self.resumed else ""
+        dim = f"dim {self.dim}, " if self.dim else ""
+        return (
+            f"embedded {self.rows} texts ({self.written} written{resumed}) -> {self.output} "
+            f"({dim}{self.engine} engine) in {self.seconds:.1f} s ({rate:.1f} texts/s)"
+        )
 
 
 def input_format(path: Path) -> str:
@@ -48,7 +79,48 @@ def output_format(path: Path) -> str:
             f"output {str(path)!r}: unsupported type {suffix or '(none)'!r}; "
             f"use one of {', '.join(OUTPUT_SUFFIXES)}"
         )
+    if path.is_dir():
+        raise CorpusError(f"output {str(path)!r} is a directory; name a file")
     return suffix[1:]
+
+
+def _stale_pid(name: str, output: Path) -> int | None:
+    """The pid in `.OUT.tmp-PID` / `.OUT.parts.done-PID` (our temp output and our finished
+    parts folder being removed), None for any other name."""
+    pattern = rf"\.{re.escape(output.name)}\.(?:tmp|parts\.done)-([0-9]+)"
+    match = re.fullmatch(pattern, name)
+    return int(match.group(1)) if match else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had this pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: a process of another account has that pid
+        return True
+    return True
+
+
+def remove_stale(output: Path) -> list[Path]:
+    """Remove what a killed run on `output` left next to it: the merge's temp file
+    `.OUT.tmp-PID` and a finished parts folder `.OUT.parts.done-PID` whose deletion was cut
+    short. Only these exact names, and only when process PID is gone."""
+    removed: list[Path] = []
+    if not output.parent.is_dir():
+        return removed
+    for entry in output.parent.iterdir():
+        pid = _stale_pid(entry.name, output)
+        if pid is None or _alive(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry)
+    return removed
 
 
 def _pyarrow() -> Any:
@@ -147,7 +219,8 @@ def scan_ids(path: str | Path, id_column: str = "id", text_column: str = "text")
     input order. Runs before any work so that a bad record fails the job up front."""
     ids: list[str] = []
     seen: set[str] = set()
-    for rid, _ in iter_records(path, id_column, text_column):
+    for rid, text in iter_records(path, id_column, text_column):
+        _check_encodable(path, len(ids) + 1, rid, text)
         if rid in seen:
             raise CorpusError(
                 f"{path}: id {rid!r} appears more than once (record {len(ids) + 1}); "
@@ -158,6 +231,18 @@ def scan_ids(path: str | Path, id_column: str = "id", text_column: str = "text")
     if not ids:
         raise CorpusError(f"{path}: no records")
     return ids
+
+
+def _check_encodable(path: str | Path, record: int, rid: str, text: str) -> None:
+    for what, value in (("id", rid), ("text", text)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start]
+            raise CorpusError(
+                f"{path}: record {record} (id {rid!r}): the {what} holds an unpaired surrogate "
+                f"U+{ord(bad):04X} at position {exc.start}, which is not valid Unicode text"
+            ) from None
 
 
 def _replace_atomically(tmp: Path, final: Path) -> None:

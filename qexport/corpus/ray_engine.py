@@ -12,15 +12,17 @@ id-keyed checkpointing (`DataContext.checkpoint_config`):
 
 So a failed or interrupted run started again with the same output and checkpoint folder
 writes only the missing ids. What Ray does not cover, we do: the checkpoint is kept after
-success (Ray deletes it by default, and a second run would then write everything again), an
-output folder that holds rows but has no checkpoint is refused, ids are compared as strings
+success (Ray deletes it by default, and a second run would then write everything again); the
+checkpoint is checked against the output before a run (`ray_checkpoint.reconcile`: ids it
+records that the output lacks are computed again; output rows it does not record are
+refused) and the output against the input after it (`verify_output`); ids are compared as strings
 (Ray compares raw values: an int64 input id would never match the string written), and
 inputs without ids (.txt; .jsonl / .parquet without the id field) get 1-based line or row
 numbers at read time, as the local engine numbers them (a read_text has no line number, and
 the checkpoint filter runs straight after the read).
 
-`ray` is imported only inside these functions: `qexport embed` without `--engine ray` never
-loads it.
+Input side in `ray_input`, checkpoint checks in `ray_checkpoint`. `ray` is imported only
+inside functions: `qexport embed` without `--engine ray` never loads it.
 """
 
 from __future__ import annotations
@@ -28,25 +30,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import posixpath
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ..manifest import load_manifest
+from .io import EmbedSummary
+from .ray_actor import EmbedBatch, string_id_filter_cls
+from .ray_checkpoint import reconcile, verify_output
+from .ray_input import _fs, _uri, check_columns, count_records, input_format, read_input
 
 log = logging.getLogger("qexport")
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'qexport[ray]'"
-FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".txt": "txt"}
-PENDING_SUFFIX = ".pending.parquet"  # ray.data.checkpoint.checkpoint_writer's name for them
-LINES_PER_BLOCK = 4096
 IO_CPUS = 3  # Ray Data's read, streaming repartition and write operators: one CPU each
-FORWARD_ROWS = 256  # rows per forward pass at most (with max_batch_tokens), as the local engine
 
 
 # ---------------------------------------------------------------- options and checks
@@ -67,6 +66,7 @@ class RayJob:
     actors: tuple[int, int] | None = None
     gpus_per_actor: float = 0.0
     batch_size: int = 1024
+    verify: bool = True
 
 
 def parse_actors(spec: str | int | None) -> tuple[int, int] | None:
@@ -84,144 +84,6 @@ def parse_actors(spec: str | int | None) -> tuple[int, int] | None:
     return lo, hi
 
 
-def _uri(path: str | os.PathLike[str]) -> str:
-    """Local paths become absolute (workers on other nodes need the same absolute path on a
-    shared file system); URIs (s3://, gs://, ...) stay as they are."""
-    text = str(path)
-    return text if "://" in text else os.path.abspath(text)
-
-
-def _fs(uri: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
-
-
-def _files(fs: Any, root: str) -> list[str]:
-    """Data files under `root` (a file or a folder), skipping hidden and `_` names."""
-    import pyarrow.fs as pafs
-
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.File:
-        return [root]
-    if info.type != pafs.FileType.Directory:
-        return []
-    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    return sorted(
-        e.path
-        for e in entries
-        if e.type == pafs.FileType.File
-        and not any(p.startswith((".", "_")) for p in posixpath.relpath(e.path, root).split("/"))
-    )
-
-
-def input_format(uri: str) -> tuple[str, list[str]]:
-    """(format, files) of INPUT: one .parquet/.jsonl/.txt file, or a folder of one kind."""
-    fs, root = _fs(uri)
-    files = _files(fs, root)
-    if not files:
-        raise ValueError(f"input {uri} does not exist or holds no files")
-    kinds = {FORMATS.get(posixpath.splitext(f)[1].lower()) for f in files}
-    if None in kinds or len(kinds) != 1:
-        found = sorted({posixpath.splitext(f)[1] or "(none)" for f in files})
-        raise ValueError(
-            f"input {uri}: expected .parquet, .jsonl or .txt files of one kind, found {found}"
-        )
-    return kinds.pop(), files  # type: ignore[return-value]
-
-
-def _jsonl_fields(fs: Any, path: str) -> set[str]:
-    """Field names of the first JSON object in a .jsonl file."""
-    import io
-    import json
-
-    with fs.open_input_stream(path) as f:
-        for n, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), 1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: each line must be a JSON object")
-                return set(row)
-    return set()
-
-
-def check_columns(fmt: str, files: list[str], uri: str, job: RayJob) -> bool:
-    """Check the text (and id) columns; return whether the input carries its own ids."""
-    fs, _ = _fs(uri)
-    if fmt == "txt":
-        return False
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        names = set(pq.read_schema(files[0], filesystem=fs).names)
-    else:
-        names = _jsonl_fields(fs, files[0])
-    if job.text_column not in names:
-        raise ValueError(
-            f"{files[0]} has no {job.text_column!r} column (columns: {sorted(names)}); "
-            "set --text-column"
-        )
-    return job.id_column in names
-
-
-# ---------------------------------------------------------------- the actor
-
-
-class EmbedBatch:
-    """One Embedder per Ray actor (built from the artifact path on the actor's node).
-
-    Takes a pyarrow batch with the id and text columns, returns `id` (string) and
-    `embedding` (list<float32>)."""
-
-    def __init__(
-        self,
-        artifact: str,
-        *,
-        instruction: str | None,
-        dim: int | None,
-        max_batch_tokens: int | None,
-        id_column: str,
-        text_column: str,
-        device: str,
-        threads: int | None,
-    ) -> None:
-        from qexport.runtime import Embedder
-
-        if threads is not None:  # whole CPUs of this actor, at most this node's cores
-            threads = max(1, min(threads, os.cpu_count() or 1))
-        kwargs: dict[str, Any] = {"device": device, "threads": threads}
-        if max_batch_tokens is not None:
-            kwargs["max_batch_tokens"] = max_batch_tokens
-        self.embedder = Embedder(artifact, **kwargs)
-        self.instruction = instruction
-        self.dim = dim
-        self.id_column = id_column
-        self.text_column = text_column
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self.embedder.embed(
-            texts, instruction=self.instruction, dim=self.dim, batch_size=FORWARD_ROWS
-        )
-
-    def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        ids = pc.cast(batch[self.id_column], pa.string())
-        texts = batch[self.text_column]
-        for name, col in (("id", ids), ("text", texts)):
-            if col.null_count:
-                row = pc.index(pc.is_null(col), True).as_py()
-                raise ValueError(f"{name} is missing (null) in a row (batch row {row})")
-        vectors = self.embed(texts.to_pylist())
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32))
-        embedding = pa.ListArray.from_arrays(offsets, flat)
-        return pa.table({"id": ids.combine_chunks(), "embedding": embedding})
-
-
 # ---------------------------------------------------------------- Ray pieces (lazy import)
 
 
@@ -232,118 +94,6 @@ def _require_ray() -> Any:
     except ImportError as exc:
         raise RuntimeError(INSTALL_HINT) from exc
     return ray
-
-
-def _string_id_filter_cls(input_id_column: str) -> type:
-    """Ray's checkpoint filter, comparing the input's id column, as strings, with the `id`
-    column of the checkpoint (Ray's own compares raw values: an int64 input id never equals
-    the string written). Built lazily so that this module imports without Ray; the class goes
-    to the filter actor by value."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    from ray.data.block import BlockAccessor
-    from ray.data.checkpoint.checkpoint_filter import NumpyArrayBasedCheckpointFilter
-
-    class StringIdCheckpointFilter(NumpyArrayBasedCheckpointFilter):
-        def filter_rows_for_block(self, block: Any) -> Any:
-            done = self.checkpointed_ids  # sorted (Ray's checkpoint manager sorts them)
-            block = BlockAccessor.for_block(block).to_arrow()  # read_json may give pandas
-            if done.shape[0] == 0 or block.num_rows == 0:
-                return block
-            ids = pc.fill_null(pc.cast(block[input_id_column], pa.string()), "")
-            ids = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
-            pos = np.minimum(np.searchsorted(done, ids), done.shape[0] - 1)
-            return block.filter(pa.array(done[pos] != ids))
-
-    return StringIdCheckpointFilter
-
-
-def _numbered_source(
-    files: list[str], fmt: str, root: str, id_column: str, text_column: str
-) -> Any:
-    """A Ray datasource for inputs without ids (.txt; .jsonl and .parquet without the id
-    field): one read task per file; a row's id is its 1-based line (row) number, as the local
-    engine numbers them (`file:line` when the input is a folder of several files). The id
-    exists before Ray's checkpoint filter, which runs straight after the read; a read_text
-    and a later map could not number the lines."""
-    import io
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockMetadata
-
-    def rows(path: str) -> Iterator[tuple[int, Any]]:
-        fs, p = _fs(path)
-        if fmt == "parquet":
-            n = 0
-            with fs.open_input_file(p) as f:
-                for batch in pq.ParquetFile(f).iter_batches(
-                    batch_size=LINES_PER_BLOCK, columns=[text_column]
-                ):
-                    for text in batch.column(0).to_pylist():
-                        n += 1
-                        yield n, text
-            return
-        with fs.open_input_stream(p) as f:
-            for n, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), 1):
-                line = line.rstrip("\n")
-                if fmt == "txt":
-                    yield n, line
-                elif line.strip():
-                    row = json.loads(line)
-                    if not isinstance(row, dict) or text_column not in row:
-                        raise ValueError(f"{path}:{n}: no {text_column!r} field")
-                    yield n, row[text_column]
-
-    def read_file(path: str, prefix: str) -> Iterator[pa.Table]:
-        ids: list[str] = []
-        texts: list[Any] = []
-        for n, text in rows(path):
-            if not isinstance(text, str):
-                raise ValueError(f"{path}: record {n}: {text_column!r} is not a string")
-            ids.append(f"{prefix}{n}")
-            texts.append(text)
-            if len(ids) == LINES_PER_BLOCK:
-                yield pa.table({id_column: ids, text_column: texts})
-                ids, texts = [], []
-        if ids:
-            yield pa.table({id_column: ids, text_column: texts})
-
-    class NumberedDatasource(Datasource):
-        def estimate_inmemory_data_size(self) -> int | None:
-            return None
-
-        def get_read_tasks(
-            self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
-        ) -> list[Any]:
-            tasks = []
-            for path in files:
-                prefix = "" if len(files) == 1 else posixpath.relpath(path, root) + ":"
-                meta = BlockMetadata(
-                    num_rows=None, size_bytes=None, input_files=(path,), exec_stats=None
-                )
-                tasks.append(
-                    ReadTask(
-                        partial(read_file, path, prefix),
-                        meta,
-                        per_task_row_limit=per_task_row_limit,
-                    )
-                )
-            return tasks
-
-    return NumberedDatasource()
-
-
-def _read(ray: Any, uri: str, fmt: str, files: list[str], has_ids: bool, job: RayJob) -> Any:
-    if fmt == "parquet" and has_ids:
-        return ray.data.read_parquet(uri).select_columns([job.id_column, job.text_column])
-    if fmt == "jsonl" and has_ids:
-        return ray.data.read_json(uri, lines=True, file_extensions=["jsonl"])
-    root = _fs(uri)[1]
-    src = _numbered_source(files, fmt, root, job.id_column, job.text_column)
-    return ray.data.read_datasource(src)
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -411,43 +161,6 @@ def local_cpus() -> int:
     return (os.cpu_count() or 1) + IO_CPUS + 1
 
 
-# ---------------------------------------------------------------- checkpoint bookkeeping
-
-
-def _committed_rows(checkpoint_uri: str) -> tuple[int, bool]:
-    """(rows in committed checkpoint files, whether the folder holds any file at all)."""
-    import pyarrow.dataset as pads
-
-    fs, root = _fs(checkpoint_uri)
-    files = _files(fs, root)
-    committed = [f for f in files if f.endswith(".parquet") and not f.endswith(PENDING_SUFFIX)]
-    rows = pads.dataset(committed, filesystem=fs, format="parquet").count_rows() if committed else 0
-    return rows, bool(files)
-
-
-def _output_rows(output_uri: str) -> int:
-    import pyarrow.dataset as pads
-
-    fs, root = _fs(output_uri)
-    files = [f for f in _files(fs, root) if f.endswith(".parquet")]
-    return pads.dataset(files, filesystem=fs, format="parquet").count_rows() if files else 0
-
-
-def _check_resume(job: RayJob) -> int:
-    """Rows already done; refuses an output folder that holds rows without a checkpoint (a
-    run over it would write every id a second time)."""
-    done, any_files = _committed_rows(job.checkpoint_dir)
-    if not any_files:
-        existing = _output_rows(job.output)
-        if existing:
-            raise ValueError(
-                f"output {job.output} already holds {existing} rows but the checkpoint folder "
-                f"{job.checkpoint_dir} is empty: pass the checkpoint folder of the run that "
-                "wrote it (--checkpoint-dir), or a new output folder"
-            )
-    return done
-
-
 def default_checkpoint_dir(output: str) -> str:
     return output.rstrip("/") + ".ray-checkpoint"
 
@@ -455,30 +168,84 @@ def default_checkpoint_dir(output: str) -> str:
 # ---------------------------------------------------------------- the job
 
 
-def run_job(job: RayJob, udf: type = EmbedBatch) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Plan:
+    """What the driver found before starting Ray."""
+
+    fmt: str
+    files: list[str]
+    has_ids: bool
+    records: int  # in the input
+    done: int  # already in the output (and in the checkpoint)
+    dim: int
+
+
+def prepare(job: RayJob) -> _Plan:
+    """Every check that needs no Ray: artifact (checksums unless job.verify is off), input,
+    output, and the checkpoint reconciled with the output (`ray_checkpoint.reconcile`)."""
+    import pyarrow.fs as pafs
+
+    if "://" not in job.artifact and not Path(job.artifact).is_dir():
+        raise ValueError(f"artifact {job.artifact} is not a folder")
+    manifest = load_manifest(job.artifact, verify=job.verify)
+    if job.dim is not None and job.dim not in manifest.allowed_dims:
+        raise ValueError(f"dim {job.dim} is not allowed; allowed sizes: {manifest.allowed_dims}")
+    fmt, files = input_format(job.input)
+    has_ids = check_columns(fmt, files, job.input, job.id_column, job.text_column)
+    fs, root = _fs(job.output)
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        raise ValueError(
+            f"output {job.output} is a file; --engine ray writes a folder of parquet files "
+            "there: name a new path"
+        )
+    records = count_records(fmt, files, job.input)
+    done = reconcile(job.output, job.checkpoint_dir)
+    return _Plan(fmt, files, has_ids, records, done, job.dim or manifest.embedding_dim)
+
+
+def run_job(job: RayJob, udf: type = EmbedBatch) -> EmbedSummary:
     """Run `job` (connecting to `job.address`, or a local Ray started for the run).
 
     `udf` is the actor class (tests pass a subclass that fails on purpose)."""
     ray = _require_ray()
+    plan = prepare(job)
+    t0 = time.perf_counter()
+    if plan.done < plan.records:
+        started = False
+        if not ray.is_initialized():
+            # no address and no RAY_ADDRESS (set inside `ray job submit`): a local Ray
+            new_local = job.address is None and not os.environ.get("RAY_ADDRESS")
+            local = {"num_cpus": local_cpus()} if new_local else {}
+            ray.init(
+                address=job.address,
+                logging_level=logging.WARNING,
+                include_dashboard=False,
+                **local,
+            )
+            started = True
+        try:
+            _write(ray, job, plan, udf)
+        finally:
+            if started:
+                ray.shutdown()
+    total = verify_output(job.output, plan.records)
+    return EmbedSummary(
+        rows=total,
+        written=total - plan.done,
+        resumed=plan.done,
+        dim=plan.dim,
+        seconds=time.perf_counter() - t0,
+        output=job.output,
+        engine="ray",
+        checkpoint_dir=job.checkpoint_dir,
+    )
+
+
+def _write(ray: Any, job: RayJob, plan: _Plan, udf: type) -> None:
+    """The Ray Data pipeline, with the checkpoint set on the DataContext for its duration."""
     from ray.data import ActorPoolStrategy, DataContext
     from ray.data.checkpoint import CheckpointConfig
 
-    if not Path(job.artifact).is_dir() and "://" not in job.artifact:
-        raise ValueError(f"artifact {job.artifact} is not a folder")
-    fmt, files = input_format(job.input)
-    has_ids = check_columns(fmt, files, job.input, job)
-    done_before = _check_resume(job)
-
-    started = False
-    if not ray.is_initialized():
-        # no address and no RAY_ADDRESS (set inside `ray job submit`): a local Ray, sized here
-        new_local = job.address is None and not os.environ.get("RAY_ADDRESS")
-        local = {"num_cpus": local_cpus()} if new_local else {}
-        ray.init(
-            address=job.address, logging_level=logging.WARNING, include_dashboard=False, **local
-        )
-        started = True
-    t0 = time.perf_counter()
     ctx = DataContext.get_current()
     saved = (
         ctx.checkpoint_config,
@@ -489,12 +256,12 @@ def run_job(job: RayJob, udf: type = EmbedBatch) -> dict[str, Any]:
     # Ray Data's progress output only on a terminal (QEXPORT_RAY_PROGRESS=1 forces it: logs)
     tty = sys.stderr.isatty() or os.environ.get("QEXPORT_RAY_PROGRESS") == "1"
     try:
-        lo, hi, cpus, threads = _cluster_plan(ray, job, resuming=done_before > 0)
+        lo, hi, cpus, threads = _cluster_plan(ray, job, resuming=plan.done > 0)
         config = CheckpointConfig(
             id_column="id",
             checkpoint_path=job.checkpoint_dir,
             delete_checkpoint_on_success=False,
-            checkpoint_filter_cls=_string_id_filter_cls(job.id_column),
+            checkpoint_filter_cls=string_id_filter_cls(job.id_column),
         )
         config.checkpoint_actor_pool_max_size = 1  # one CPU, counted in _cluster_plan
         ctx.checkpoint_config = config
@@ -503,9 +270,9 @@ def run_job(job: RayJob, udf: type = EmbedBatch) -> dict[str, Any]:
         ctx.print_on_execution_start = tty
         # blocks of one batch each (a streaming repartition), so that every actor gets work
         # and a failure loses at most the batches in flight
-        ds = _read(ray, job.input, fmt, files, has_ids, job).repartition(
-            target_num_rows_per_block=job.batch_size
-        )
+        ds = read_input(
+            ray, job.input, plan.fmt, plan.files, plan.has_ids, job.id_column, job.text_column
+        ).repartition(target_num_rows_per_block=job.batch_size)
         remote: dict[str, Any] = {}
         if cpus is not None:
             remote["num_cpus"] = cpus
@@ -529,9 +296,11 @@ def run_job(job: RayJob, udf: type = EmbedBatch) -> dict[str, Any]:
             **remote,
         )
         log.info(
-            "ray: %s -> %s, actors %d..%d (%s each), checkpoint %s",
+            "ray: %s -> %s, %d of %d rows to do, actors %d..%d (%s each), checkpoint %s",
             job.input,
             job.output,
+            plan.records - plan.done,
+            plan.records,
             lo,
             hi,
             f"{job.gpus_per_actor:g} GPU" if cpus is None else f"{cpus:g} CPU",
@@ -551,19 +320,6 @@ def run_job(job: RayJob, udf: type = EmbedBatch) -> dict[str, Any]:
             ctx.enable_progress_bars,
             ctx.print_on_execution_start,
         ) = saved
-        if started:
-            ray.shutdown()
-    seconds = time.perf_counter() - t0
-    total = _output_rows(job.output)
-    return {
-        "engine": "ray",
-        "rows_written": total - done_before,
-        "rows_skipped": done_before,
-        "rows_total": total,
-        "seconds": seconds,
-        "output": job.output,
-        "checkpoint_dir": job.checkpoint_dir,
-    }
 
 
 def make_job(
@@ -581,6 +337,7 @@ def make_job(
     gpus_per_actor: float | None = None,
     batch_size: int | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    verify: bool = True,
 ) -> RayJob:
     """Check the CLI's options and resolve paths (absolute, as every node must see them)."""
     gpus = float(gpus_per_actor or 0)
@@ -608,19 +365,20 @@ def make_job(
         actors=parse_actors(actors),
         gpus_per_actor=gpus,
         batch_size=batch_size or RayJob.batch_size,
+        verify=verify,
     )
 
 
-def embed_corpus_ray(**options: Any) -> dict[str, Any]:
+def embed_corpus_ray(**options: Any) -> EmbedSummary:
     """Embed a corpus on Ray Data; the entry point of `qexport embed --engine ray`.
 
     Keyword options: artifact, input, output, instruction, dim, max_batch_tokens, id_column,
     text_column, address (None: a local Ray; "auto"; "ray://HOST:PORT"), actors ("N" or
     "MIN:MAX"), gpus_per_actor, batch_size (rows per actor call), checkpoint_dir (default
-    OUTPUT.ray-checkpoint).
+    OUTPUT.ray-checkpoint), verify (check the artifact's checksums in the driver; default on).
 
-    OUTPUT is a folder of parquet files (`id` string, `embedding` list<float32>), one row per
-    input id. Started again with the same OUTPUT and checkpoint folder, it writes only the ids
-    that are missing. Returns stats: rows written by this run, rows skipped as already done,
-    rows in the output, seconds."""
+    OUTPUT (e.g. `out.parquet`) is a folder of parquet files (`id` string, `embedding`
+    list<float32>), one row per input id. Started again with the same OUTPUT and checkpoint
+    folder, it writes only the ids that OUTPUT lacks. Returns an EmbedSummary: rows (input
+    records, all in OUTPUT), written by this run, resumed (already in OUTPUT)."""
     return run_job(make_job(**options))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from qexport.cli import main
+from qexport.corpus.parts import decode_ids
 from qexport.runtime import Embedder
 from tests.texts import MIXED
 
@@ -94,7 +95,7 @@ def test_parquet_to_parquet(tiny_artifact, emb, tmp_path):
         ("empty.txt", "", [], "no records"),
         ("ok.txt", "a\n", ["--dim", "100"], "dim 100 is not allowed"),
         ("ok.txt", "a\n", ["--actors", "2"], "only apply to --engine ray"),
-        ("ok.txt", "a\n", ["--actors", "3:2"], "MIN is larger than MAX"),
+        ("ok.txt", "a\n", ["--actors", "3:2"], "MIN:MAX with 1 <= MIN <= MAX, got '3:2'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -129,7 +130,7 @@ def _parts_rows(parts_dir):
     rows = []
     for path in sorted(parts_dir.glob("part-*.npz")):
         with np.load(path) as data:
-            rows.extend(data["ids"].tolist())
+            rows.extend(decode_ids(data["ids_utf8"], data["id_offsets"]))
     return rows
 
 
@@ -170,7 +171,10 @@ def test_killed_run_resumes_exactly_once(tiny_artifact, emb, tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"resuming: {len(committed)} of {n} rows already committed" in again.stderr
-    assert f"embedded {n} texts, {len(committed)} resumed" in again.stdout
+    assert (
+        f"embedded {n} texts ({n - len(committed)} written, {len(committed)} already done)"
+        in again.stdout
+    )
     assert not parts.exists()
     table = pq.read_table(out)
     ids = table.column("id").to_pylist()

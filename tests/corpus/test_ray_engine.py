@@ -173,7 +173,7 @@ def test_actor_dies_mid_run(ray_cluster, tiny_artifact, corpus, reference, tmp_p
     out = tmp_path / "out"
     stats = _run_with(_make_udf("die", marker, 4), **_job(tiny_artifact, src, out))
     assert not marker.exists() and marker.with_suffix(".fired").exists(), "no actor died"
-    assert stats["rows_written"] == N_ROWS and stats["rows_skipped"] == 0
+    assert (stats.rows, stats.written, stats.resumed) == (N_ROWS, N_ROWS, 0)
     _assert_exactly_once(out, ids, reference)
 
 
@@ -195,8 +195,8 @@ def test_failed_run_resumes_exactly_once(ray_cluster, tiny_artifact, corpus, ref
     assert 0 < len(done_ids) < N_ROWS, "the first run should stop midway"
 
     stats = embed_corpus_ray(**job)
-    assert stats["rows_skipped"] == len(done_ids)
-    assert stats["rows_written"] == N_ROWS - len(done_ids)
+    assert stats.resumed == len(done_ids)
+    assert stats.written == N_ROWS - len(done_ids) and stats.rows == N_ROWS
     _assert_exactly_once(out, ids, reference)
 
 
@@ -229,9 +229,9 @@ def test_inputs_with_and_without_ids(ray_cluster, tiny_artifact, tmp_path):
     out = tmp_path / "jsonl-out"
     kw = dict(artifact=tiny_artifact, input=jsonl, output=out, id_column="doc", text_column="body")
     first = embed_corpus_ray(**kw, actors="1", batch_size=64, dim=64)
-    assert first["rows_written"] == 300
+    assert (first.rows, first.written, first.resumed) == (300, 300, 0)
     second = embed_corpus_ray(**kw, actors="1", batch_size=64, dim=64)
-    assert second["rows_written"] == 0 and second["rows_skipped"] == 300
+    assert (second.rows, second.written, second.resumed) == (300, 0, 300)
     ids, vectors = _read_output(out)
     assert sorted(ids) == sorted(str(1000 + i) for i in range(300))
     want = emb.embed(texts, dim=64)
@@ -247,7 +247,7 @@ def test_refuses_output_without_checkpoint(tiny_artifact, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     pq.write_table(pa.table({"id": ["a"], "embedding": [[0.0]]}), out / "part.parquet")
-    with pytest.raises(ValueError, match="already holds 1 rows but the checkpoint folder"):
+    with pytest.raises(ValueError, match=r"holds 1 rows that the checkpoint folder .* does not"):
         embed_corpus_ray(artifact=tiny_artifact, input=src, output=out)
 
 
@@ -259,3 +259,83 @@ def test_missing_text_column(tiny_artifact, tmp_path):
         embed_corpus_ray(
             artifact=tiny_artifact, input=src, output=tmp_path / "o", text_column="body"
         )
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # ~60 s on 2 cores: three Ray Data runs
+def test_rerun_after_output_deleted_or_truncated(
+    ray_cluster, tiny_artifact, tmp_path, caplog, capsys
+):
+    """The checkpoint is checked against the output before a run: with OUTPUT deleted, or
+    half of its files removed, the rerun computes exactly the missing ids again (a one-line
+    notice), and the summary adds up (written + already done = input rows). `-o out.parquet`
+    gives the same table, read by `read_table`, with both engines."""
+    import shutil
+
+    from qexport.cli import main
+    from qexport.runtime import Embedder
+
+    n = 240
+    texts = _texts(n)
+    ids = [f"r-{i}" for i in range(n)]
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ids, "text": texts}), src)
+    reference = dict(zip(ids, Embedder(tiny_artifact, device="cpu").embed(texts), strict=True))
+    out = tmp_path / "out.parquet"
+    argv = ["-q", "embed", str(tiny_artifact), str(src), "-o", str(out), "--engine", "ray"]
+    argv += ["--actors", "1", "--batch-size", "40"]
+
+    def run(written: int, done: int) -> None:
+        capsys.readouterr()
+        assert main(argv) == 0
+        summary = f"embedded {n} texts ({written} written" + (
+            f", {done} already done)" if done else ")"
+        )
+        assert summary in capsys.readouterr().out
+        _assert_exactly_once(out, ids, reference)
+
+    run(n, 0)
+    files = sorted(out.glob("*.parquet"))
+    assert len(files) >= 4, files
+
+    shutil.rmtree(out)  # the output deleted; its checkpoint left behind
+    caplog.clear()
+    run(n, 0)
+    assert f"recorded {n} ids that {out} does not hold" in caplog.text
+
+    files = sorted(out.glob("*.parquet"))
+    for f in files[: len(files) // 2]:
+        f.unlink()
+    kept = sum(pq.read_metadata(f).num_rows for f in files[len(files) // 2 :])
+    assert 0 < kept < n
+    caplog.clear()
+    run(n - kept, kept)
+    assert f"recorded {n - kept} ids that" in caplog.text
+
+    run(0, n)  # complete: nothing to do
+
+    local = tmp_path / "local.parquet"
+    argv_local = ["-q", "embed", str(tiny_artifact), str(src), "-o", str(local), "--device", "cpu"]
+    assert main(argv_local) == 0
+    ray_table = pq.read_table(out).sort_by("id")
+    local_table = pq.read_table(local).sort_by("id")
+    assert ray_table.schema == local_table.schema
+    assert ray_table["id"].to_pylist() == local_table["id"].to_pylist()
+    np.testing.assert_allclose(
+        np.stack(ray_table["embedding"].to_numpy(zero_copy_only=False)),
+        np.stack(local_table["embedding"].to_numpy(zero_copy_only=False)),
+        atol=1e-5,
+    )
+
+
+def test_refuses_output_that_is_a_file(tiny_artifact, tmp_path):
+    """`-o out.parquet` written by the local engine (a file), then `--engine ray` on the same
+    path: refused before Ray starts, the file untouched."""
+    pytest.importorskip("ray")
+    src = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), src)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the local engine's file")
+    with pytest.raises(ValueError, match=r"out\.parquet is a file; --engine ray writes a folder"):
+        embed_corpus_ray(artifact=tiny_artifact, input=src, output=out)
+    assert out.read_bytes() == b"the local engine's file"
