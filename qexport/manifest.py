@@ -75,7 +75,9 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Build from parsed JSON; every field is type- and range-checked (ManifestError)."""
-        version = data.get("schema_version") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest: must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ManifestError(
                 f"manifest schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
@@ -84,9 +86,7 @@ class Manifest:
         required = [
             f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
         ]
-        check_fields(
-            data, known, required, {"pooling": POOLINGS, "precision": PRECISIONS}
-        )
+        check_fields(data, known, required, {"pooling": POOLINGS, "precision": PRECISIONS})
         data = dict(data)
         data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
         data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
