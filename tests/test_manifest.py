@@ -163,7 +163,9 @@ def test_flipped_weight_bytes_refused_when_verifying(tiny_artifact, tmp_path):
     assert at > 0
     data[at + 3 : at + len(raw) : 4] = bytes(b ^ 0x80 for b in data[at + 3 : at + len(raw) : 4])
     graph.write_bytes(bytes(data))  # sign bits flipped: a plausible, wrong weight
-    with pytest.raises(ManifestError, match="artifact file 'model.onnx' does not match its sha256"):
+    with pytest.raises(
+        ManifestError, match=r"artifact file 'model\.onnx' does not match its sha256"
+    ):
         Embedder(folder, device="cpu", verify=True)
     # unverified, the tampered graph loads and gives other vectors: what verification prevents
     texts = ["The capital of China is Beijing.", "gravity"]
@@ -179,9 +181,9 @@ def test_edited_tokenizer_refused_when_verifying(tiny_artifact, tmp_path):
     vocab = data["model"]["vocab"]
     vocab["a"], vocab["b"] = vocab["b"], vocab["a"]  # swap two tokens
     tok.write_text(json.dumps(data))
-    with pytest.raises(ManifestError, match="'tokenizer.json' does not match its sha256"):
+    with pytest.raises(ManifestError, match=r"'tokenizer\.json' does not match its sha256"):
         Embedder(folder, device="cpu", verify=True)
-    with pytest.raises(ManifestError, match="'tokenizer.json' does not match its sha256"):
+    with pytest.raises(ManifestError, match=r"'tokenizer\.json' does not match its sha256"):
         load_manifest(folder, verify=True)
     texts = ["a cab", "bab"]
     tampered = Embedder(folder, device="cpu", verify=False).embed(texts)
