@@ -78,7 +78,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"manifest: must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise ManifestError(
                 f"manifest schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
             )
