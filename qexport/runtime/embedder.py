@@ -50,6 +50,11 @@ class Embedder:
     explicitly so that only the [batch, dim] embedding crosses back to the host.
     `session_options` replaces qexport's onnxruntime options (runtime.session.session_options;
     start from those, e.g. to enable profiling).
+    The manifest's fields and paths are always checked (ManifestError); `verify=True` also
+    checks every file's sha256 against it, which costs more than the load itself (about
+    1.5 s/GB from the page cache, 2.3-3 s/GB from disk on our 2-core machine; loading
+    without it ~0.6-1 s/GB), so it is off by default here and on by default in the long-lived
+    commands (`serve`, `embed`, `validate`): pass it for artifacts that came from elsewhere.
     """
 
     def __init__(
