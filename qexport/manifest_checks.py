@@ -211,8 +211,8 @@ def inside(root: Path, name: str, what: str) -> Path:
 
 
 def check_no_escaping_links(root: Path, limit: int = 10_000) -> None:
-    """Refuse any symlink in the artifact folder that resolves outside it (onnxruntime before
-    1.2x followed them for external data). Bounded: at most `limit` entries are looked at."""
+    """Refuse any symlink in the artifact folder that resolves outside it (onnxruntime 1.31
+    refuses such external data itself; older versions may not). At most `limit` entries."""
     seen = 0
     stack = [root]
     while stack:
