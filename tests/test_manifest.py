@@ -200,3 +200,45 @@ def test_tokenizer_file_from_manifest(tiny_artifact, tmp_path):
         Embedder(folder, device="cpu").embed(texts),
         Embedder(tiny_artifact, device="cpu").embed(texts),
     )
+
+
+@pytest.mark.parametrize(
+    ("location", "needle"),
+    [
+        ("../w.bin", "External data path"),  # onnxruntime's own check
+        ("ABS", "External data path"),
+        ("link.bin", "symlink 'link.bin' resolves outside the artifact folder"),  # ours
+    ],
+)
+def test_external_data_outside_the_folder(tiny_artifact, tmp_path, location, needle):
+    """A graph whose external data points outside the folder (.., absolute, or a symlink)
+    is refused with one line, never read."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    folder = clone(tiny_artifact, tmp_path / "art")
+    outside = tmp_path / "w.bin"
+    np.ones((4, 4), np.float32).tofile(outside)
+    if location == "ABS":
+        location = str(outside)
+    if location == "link.bin":
+        os.symlink(outside, folder / "link.bin")
+    w = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 4])
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value=location)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [w],
+    )
+    (folder / "model.onnx").unlink()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(ManifestError) as info:
+        Embedder(folder, device="cpu")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert needle in msg

@@ -82,7 +82,9 @@ class Embedder:
         except (ValueError, RuntimeError):
             raise
         except Exception as exc:  # onnxruntime's own Fail / InvalidProtobuf / InvalidGraph
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if len(first) > 400:  # onnxruntime puts its reason after a long C++ signature
+                first = f"{first[:120]} ... {first[-260:]}"
             raise ManifestError(f"graph {m.graph_file!r} cannot be loaded: {first}") from exc
         self._check_graph()
         self.encoder = TextEncoder(
