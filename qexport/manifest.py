@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .manifest_checks import (
+    MANIFEST_BYTES_LIMIT,
+    ManifestError,
+    check_fields,
+    check_no_escaping_links,
+    inside,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "qexport.json"
@@ -19,10 +27,6 @@ EXTERNAL_DATA_NAME = "model.onnx_data"
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "int8-dynamic")
 POOLINGS = ("lasttoken", "mean", "cls", "max", "mean_sqrt_len")
-
-
-class ManifestError(ValueError):
-    """The manifest is missing, malformed, or does not match the files beside it."""
 
 
 @dataclass
@@ -64,20 +68,29 @@ class Manifest:
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
 
+    @property
+    def tokenizer_file(self) -> str:
+        return str(self.tokenizer["file"])
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Build from parsed JSON; every field is type- and range-checked (ManifestError)."""
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest: must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise ManifestError(
                 f"manifest schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
             )
+        known = [f.name for f in fields(cls)]
+        required = [
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        ]
+        check_fields(data, known, required, {"pooling": POOLINGS, "precision": PRECISIONS})
         data = dict(data)
-        try:
-            data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
-            data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"malformed manifest: {exc}") from exc
+        data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+        data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+        return cls(**data)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
@@ -88,24 +101,43 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def load_manifest(folder: str | Path, *, verify: bool = False) -> Manifest:
-    """Read `qexport.json` from an artifact folder; with verify, check every file's sha256."""
+def read_manifest(folder: str | Path) -> Manifest:
+    """Parse and check `qexport.json` alone (no look at the other files)."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
         raise ManifestError(f"artifact folder {str(folder)!r} does not exist")
     if not path.is_file():
         raise ManifestError(f"{str(folder)!r} is not a qexport artifact: no {MANIFEST_NAME}")
+    if path.stat().st_size > MANIFEST_BYTES_LIMIT:
+        raise ManifestError(f"{path}: larger than {MANIFEST_BYTES_LIMIT >> 20} MiB")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: invalid JSON ({exc})") from exc
-    manifest = Manifest.from_dict(data)
-    for name in manifest.files:
-        if not (folder / name).is_file():
-            raise ManifestError(f"artifact file {name!r} listed in the manifest is missing")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ManifestError(f"{path}: invalid JSON ({str(exc)[:200]})") from None
+    return Manifest.from_dict(data)
+
+
+def load_manifest(folder: str | Path, *, verify: bool = False) -> Manifest:
+    """Read `qexport.json` from an artifact folder and check that every path it names (graph,
+    tokenizer, `files`) resolves inside the folder and exists; with verify, check every
+    listed file's sha256 (the graph and the tokenizer must be listed)."""
+    manifest = read_manifest(folder)
+    root = Path(folder).resolve()
+    check_no_escaping_links(root)
+    named = {name: "file" for name in manifest.files}
+    named[manifest.graph_file] = "graph_file"
+    named[manifest.tokenizer_file] = "tokenizer file"
+    for name, what in named.items():
+        if not inside(root, name, what).is_file():
+            raise ManifestError(f"artifact {what} {name!r} named in the manifest is missing")
     if verify:
+        for name in (manifest.graph_file, manifest.tokenizer_file):
+            if name not in manifest.files:
+                raise ManifestError(
+                    f"manifest: {name!r} has no sha256 in 'files', so it cannot be verified"
+                )
         for name, digest in manifest.files.items():
-            if sha256_file(folder / name) != digest:
+            if sha256_file(root / name) != digest:
                 raise ManifestError(f"artifact file {name!r} does not match its sha256")
     return manifest

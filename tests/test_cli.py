@@ -110,3 +110,26 @@ def test_export_then_validate(tmp_path, precision):
     assert "PASS" in proc.stdout
     # exporting onto a non-empty folder needs --overwrite
     assert_usage_error(run("onnx", "random:qwen3-tiny", "-o", str(out)), "--overwrite")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1"])
+def test_max_length_below_two(tmp_path, value):
+    proc = run("onnx", "random:qwen3-tiny", "-o", str(tmp_path / "o"), "--max-length", value)
+    assert_usage_error(proc, f"--max-length must be at least 2, got {value}")
+    assert not (tmp_path / "o").exists() and not leftovers(tmp_path)
+
+
+def test_max_length_zero_in_the_api(tmp_path):
+    from qexport.export.api import ExportOptions, export_onnx
+
+    with pytest.raises(ValueError, match="--max-length must be at least 2, got 0"):
+        export_onnx("random:qwen3-tiny", tmp_path / "o", ExportOptions(max_length=0))
+
+
+def test_output_dot_is_refused_without_leftovers(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for args in (["--overwrite"], []):
+        proc = run("onnx", "random:qwen3-tiny", "-o", ".", *args, cwd=tmp_path)
+        assert_usage_error(proc, "is the current folder or contains it")
+    assert not [p.name for p in tmp_path.parent.iterdir() if ".qexport-" in p.name]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -31,7 +31,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--tokenizer", default=None, help="tokenizer folder to use instead of the model's"
     )
     o.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    o.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    o.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing qexport artifact (anything else is refused)",
+    )
     q = o.add_argument_group("quantization (int8, int4, int8-dynamic)")
     q.add_argument(
         "--device",
@@ -96,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"unknown precision {args.precision!r}; choose from {', '.join(PRECISIONS)}"
         )
+    if args.max_length is not None and args.max_length < 2:
+        raise UsageError(f"--max-length must be at least 2, got {args.max_length}")
     if args.block_size is not None and args.block_size not in BLOCK_SIZES:
         raise UsageError(
             f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {args.block_size}"

@@ -96,7 +96,7 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
     model_max = int(src.config.get("max_position_embeddings", 512))
     if src.head.max_seq_length:
         model_max = min(model_max, int(src.head.max_seq_length))
-    max_length = opts.max_length or model_max
+    max_length = model_max if opts.max_length is None else opts.max_length
     if max_length < 2:
         raise ValueError(f"--max-length must be at least 2, got {max_length}")
     if max_length > int(src.config.get("max_position_embeddings", max_length)):
@@ -111,7 +111,7 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
         if opts.precision in QUANT_PRECISIONS:
             with _step(opts, "quantize"):
                 quant = quantize_model(
-                    graph, opts.precision, src, max_length, tmp.parent,
+                    graph, opts.precision, src, max_length, tmp,
                     device=opts.device, options=opts.quant,
                 )  # fmt: skip
             weight_bytes = quant.weight_bytes

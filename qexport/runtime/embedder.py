@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..manifest import Manifest, load_manifest
+from ..manifest import Manifest, ManifestError, load_manifest
 from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from .session import create_session
-from .tokenize import TextEncoder, pad_right
+from .tokenize import TextEncoder, check_texts, pad_right
 
 # embed() tokenises this many texts at a time (sorted and packed within the window); the
 # next window is tokenised while the current one runs
@@ -50,6 +50,11 @@ class Embedder:
     explicitly so that only the [batch, dim] embedding crosses back to the host.
     `session_options` replaces qexport's onnxruntime options (runtime.session.session_options;
     start from those, e.g. to enable profiling).
+    The manifest's fields and paths are always checked (ManifestError); `verify=True` also
+    checks every file's sha256 against it, which costs more than the load itself (about
+    1.5 s/GB from the page cache, 2.3-3 s/GB from disk on our 2-core machine; loading
+    without it ~0.6-1 s/GB), so it is off by default here and on by default in the long-lived
+    commands (`serve`, `embed`, `validate`): pass it for artifacts that came from elsewhere.
     """
 
     def __init__(
@@ -68,19 +73,49 @@ class Embedder:
         self.path = Path(artifact)
         self.manifest: Manifest = load_manifest(self.path, verify=verify)
         m = self.manifest
-        self.session = create_session(
-            self.path / m.graph_file, device, m.precision, threads, options=session_options
-        )
-        self.encoder = TextEncoder(self.path, m.max_length, m.instruction_template)
-        self.max_batch_tokens = max_batch_tokens
         self._inputs = m.input_names
         self._output = "sentence_embedding"
+        try:
+            self.session = create_session(
+                self.path / m.graph_file, device, m.precision, threads, options=session_options
+            )
+        except (ValueError, RuntimeError):
+            raise
+        except Exception as exc:  # onnxruntime's own Fail / InvalidProtobuf / InvalidGraph
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if len(first) > 400:  # onnxruntime puts its reason after a long C++ signature
+                first = f"{first[:120]} ... {first[-260:]}"
+            raise ManifestError(f"graph {m.graph_file!r} cannot be loaded: {first}") from exc
+        self._check_graph()
+        self.encoder = TextEncoder(
+            self.path, m.max_length, m.instruction_template, tokenizer_file=m.tokenizer_file
+        )
+        self.max_batch_tokens = max_batch_tokens
         self.on_cuda = self.providers[0] == "CUDAExecutionProvider"
         self.io_binding = self.on_cuda if io_binding is None else bool(io_binding)
         self._device_id = 0
         if self.on_cuda:
             opts = self.session.get_provider_options().get("CUDAExecutionProvider", {})
             self._device_id = int(opts.get("device_id", 0))
+
+    def _check_graph(self) -> None:
+        """The manifest must describe the graph that was loaded: same inputs, and a
+        sentence_embedding output embedding_dim wide (cheap: the session knows its shapes)."""
+        m = self.manifest
+        got = sorted(i.name for i in self.session.get_inputs())
+        if got != sorted(m.input_names):
+            raise ManifestError(
+                f"manifest inputs {sorted(m.input_names)} do not match the graph's {got}"
+            )
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if self._output not in outputs:
+            raise ManifestError(f"the graph has no {self._output!r} output")
+        width = outputs[self._output][-1]
+        if isinstance(width, int) and width != m.embedding_dim:
+            raise ManifestError(
+                f"manifest embedding_dim {m.embedding_dim} does not match the graph's "
+                f"{self._output} width {width}"
+            )
 
     @property
     def dim(self) -> int:
@@ -104,9 +139,7 @@ class Embedder:
         texts = list(texts)
         if not texts:
             raise ValueError("texts is empty: nothing to embed")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ValueError(f"texts[{i}] is {type(t).__name__}, not str")
+        check_texts(texts)
         self._check_dim(dim)
         return texts
 
@@ -131,7 +164,11 @@ class Embedder:
     ) -> tuple[list[list[int]], list[list[int]], int, int]:
         """Validate, format and tokenise: (ids, type_ids, texts truncated, tokens dropped).
         Does not warn; callers decide how to report truncation."""
-        texts = self._check(texts, None)
+        return self._tokenize(self._check(texts, None), instruction)
+
+    def _tokenize(
+        self, texts: list[str], instruction: str | None
+    ) -> tuple[list[list[int]], list[list[int]], int, int]:
         enc = self.encoder.encode(self.encoder.format(texts, instruction), warn=False)
         return enc.ids, enc.type_ids, enc.truncated, enc.dropped
 
@@ -203,8 +240,11 @@ class Embedder:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def _prepare_texts(self, texts: Sequence[str], instruction: str | None, rows: int) -> Prepared:
-        ids, type_ids, truncated, dropped = self.tokenize(texts, instruction=instruction)
+    def _prepare_texts(
+        self, texts: Sequence[str], instruction: str | None, rows: int, checked: bool = False
+    ) -> Prepared:
+        texts = list(texts) if checked else self._check(texts, None)
+        ids, type_ids, truncated, dropped = self._tokenize(texts, instruction)
         return self.prepare(ids, type_ids, batch_size=rows, truncated=truncated, dropped=dropped)
 
     def _pipeline(
@@ -251,7 +291,7 @@ class Embedder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         windows = [texts[i : i + WINDOW] for i in range(0, len(texts), WINDOW)]
         if len(windows) == 1:
-            prepared = self._prepare_texts(texts, instruction, batch_size)
+            prepared = self._prepare_texts(texts, instruction, batch_size, checked=True)
             parts = [(prepared, self.run_prepared(prepared))]
         else:
             parts = list(self._pipeline(windows, instruction, batch_size))

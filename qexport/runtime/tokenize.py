@@ -19,9 +19,44 @@ class Encoded:
     dropped: int  # tokens dropped in all
 
 
+def check_text(text: object, where: str) -> None:
+    """Refuse what the tokenizer cannot take, naming it: a non-string, or a string that is
+    not valid Unicode (lone surrogates such as "a\\ud800b", which UTF-8 cannot encode).
+    ASCII strings are accepted at once (str.isascii reads a flag); others are encoded once."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where} is {type(text).__name__}, not str")
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where} is not valid Unicode: {exc.reason} {text[exc.start]!r} at character "
+            f"{exc.start}"
+        ) from None
+
+
+def check_texts(texts: list[str]) -> None:
+    """check_text for each: ValueError naming `texts[i]`."""
+    for i, text in enumerate(texts):
+        check_text(text, f"texts[{i}]")
+
+
 class TextEncoder:
-    def __init__(self, folder: Path, max_length: int, template: str | None) -> None:
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    def __init__(
+        self,
+        folder: Path,
+        max_length: int,
+        template: str | None,
+        *,
+        tokenizer_file: str = "tokenizer.json",
+    ) -> None:
+        try:
+            self.tokenizer = Tokenizer.from_file(str(folder / tokenizer_file))
+        except Exception as exc:  # tokenizers raises a bare Exception
+            raise ValueError(
+                f"tokenizer {tokenizer_file!r} cannot be loaded: {str(exc)[:200]}"
+            ) from exc
         # Some tokenizer.json files ship fixed padding/truncation (all-MiniLM-L6-v2: 128);
         # the runtime pads per batch and truncates at the manifest's max length itself.
         self.tokenizer.no_padding()
@@ -32,12 +67,17 @@ class TextEncoder:
     def format(self, texts: list[str], instruction: str | None) -> list[str]:
         if instruction is None:
             return texts
+        check_text(instruction, "instruction")
         if self.template is None:
             raise ValueError("this model has no instruction template; embed without instruction")
         return [self.template.format(instruction=instruction, text=t) for t in texts]
 
     def encode(self, texts: list[str], *, warn: bool = True) -> Encoded:
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=True)
+        try:
+            encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=True)
+        except TypeError:  # tokenizers says neither which text nor why
+            check_texts(texts)
+            raise
         ids, type_ids = [], []
         truncated = dropped = 0
         limit = self.max_length

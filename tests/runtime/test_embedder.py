@@ -23,6 +23,12 @@ def emb(tiny_artifact):
         ([], "texts is empty"),
         ("a single string", "not a single string"),
         (["ok", None], r"texts\[1\] is NoneType"),
+        (
+            ["ok", "fine", "a\ud800b"],
+            r"texts\[2\] is not valid Unicode: .*'\\ud800' at character 1",
+        ),
+        (["\udfff"], r"texts\[0\] is not valid Unicode"),
+        (["ok", b"bytes"], r"texts\[1\] is bytes, not str"),
     ],
 )
 def test_bad_texts(emb, texts, match):
@@ -85,3 +91,18 @@ def test_corrupt_manifest(tmp_path):
         Embedder(tmp_path)
     with pytest.raises(ManifestError, match="does not exist"):
         Embedder(tmp_path / "nope")
+
+
+def test_unencodable_everywhere(emb):
+    """Lone surrogates never reach tokenizers (which raises an unexplained TypeError)."""
+    with pytest.raises(ValueError, match=r"instruction is not valid Unicode"):
+        emb.embed(["x"], instruction="Instruct \ud800")
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
+        list(emb.embed_chunks([["a", "b"], ["c", "d\ud800"]]))
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
+        emb.tokenize(["a", "\ud800"])
+    # TextEncoder alone (used by other callers) explains tokenizers' TypeError too
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
+        emb.encoder.encode(["a", "b\udc80"])
+    # valid non-ASCII text is unaffected
+    assert emb.embed(["中国的首都是北京。", "naïve café 😀"]).shape == (2, 128)
