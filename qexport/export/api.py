@@ -12,9 +12,8 @@ from pathlib import Path
 import onnx_ir as ir
 
 from ..manifest import PRECISIONS, Manifest, TensorSpec
-from . import random_models
 from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
-from .families import FAMILIES
+from .families import FAMILIES, SPECS
 from .graph import OPSET, GraphBuilder
 from .heads import pool_and_normalize
 from .quantize import QUANT_PRECISIONS, Quantized, QuantOptions, base_precision, quantize_model
@@ -148,7 +147,7 @@ def _manifest(
             arch[key] = src.config[key]
     if opts.layers is not None:
         arch["layers_exported"] = opts.layers
-    dims = random_models.allowed_dims(hidden) if src.family == "qwen3" else [hidden]
+    dims = SPECS[src.family].allowed_dims(hidden)
 
     def spec(v: ir.Value) -> TensorSpec:
         dtype = {ir.DataType.INT64: "int64", ir.DataType.FLOAT: "float32"}[v.dtype]  # type: ignore[index]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import random_models
-from .families import DEFAULT_POOLING, UnsupportedModelError, family_for
+from .families import SPECS, UnsupportedModelError, family_for
 from .weights import SafetensorsSource, WeightSource
 
 
@@ -102,8 +102,8 @@ def read_st_head(folder: Path, family: str) -> Head:
         if pooling is None:
             raise UnsupportedModelError("modules.json has no Pooling module")
         head = Head(pooling=pooling, normalize=normalize)
-    elif family in DEFAULT_POOLING:
-        pooling, normalize = DEFAULT_POOLING[family]
+    elif SPECS[family].default_head is not None:
+        pooling, normalize = SPECS[family].default_head  # type: ignore[misc]
         head = Head(pooling=pooling, normalize=normalize)
     else:
         raise UnsupportedModelError(
@@ -122,11 +122,13 @@ def read_st_head(folder: Path, family: str) -> Head:
 
 
 def _family_prompts(head: Head, family: str) -> None:
-    if family == "qwen3":
-        head.instruction_template = random_models.QWEN3_TEMPLATE
-        head.default_instruction = random_models.QWEN3_QUERY_TASK
-        head.prompts.setdefault("query", f"Instruct: {random_models.QWEN3_QUERY_TASK}\nQuery:")
-        head.prompts.setdefault("document", "")
+    spec = SPECS[family]
+    if spec.instruction_template is not None:
+        head.instruction_template = spec.instruction_template
+    if spec.default_instruction is not None:
+        head.default_instruction = spec.default_instruction
+    for name, prompt in spec.default_prompts.items():
+        head.prompts.setdefault(name, prompt)
 
 
 def resolve(
