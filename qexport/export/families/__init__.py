@@ -9,6 +9,7 @@ from typing import Any
 from .bert import BertBuilder
 from .qwen3 import QWEN3_DIMS, QWEN3_QUERY_TASK, QWEN3_TEMPLATE, Qwen3Builder
 from .spec import FamilySpec
+from .xlm_roberta import XLMRobertaBuilder, whitespace_split
 
 SPECS: dict[str, FamilySpec] = {
     s.name: s
@@ -31,6 +32,13 @@ SPECS: dict[str, FamilySpec] = {
             builder=BertBuilder,
             model_types=BertBuilder.model_types,
             strip_prefixes=BertBuilder.strip_prefixes,
+        ),
+        FamilySpec(
+            name="xlm-roberta",
+            builder=XLMRobertaBuilder,
+            model_types=XLMRobertaBuilder.model_types,
+            strip_prefixes=XLMRobertaBuilder.strip_prefixes,
+            tokenizer_patch=whitespace_split,
         ),
     )
 }

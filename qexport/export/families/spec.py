@@ -4,8 +4,10 @@ checkpoint ships none, instruction prompts, Matryoshka sizes)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -23,6 +25,9 @@ class FamilySpec:
     # prompts set when the checkpoint's config_sentence_transformers.json lacks them
     default_prompts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     matryoshka_dims: tuple[int, ...] = ()  # empty: the full width only
+    # rewrites the artifact's tokenizer.json (as a dict) where the checkpoint's file and the
+    # reference tokenizer (transformers' class for the family) disagree
+    tokenizer_patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def allowed_dims(self, hidden: int) -> list[int]:
         return sorted({d for d in self.matryoshka_dims if d <= hidden} | {hidden})
@@ -33,3 +38,11 @@ class FamilySpec:
         if rule is not None:
             return int(rule(config))
         return int(config.get("max_position_embeddings", 512))
+
+    def patch_tokenizer(self, path: Path) -> None:
+        if self.tokenizer_patch is None or not path.is_file():
+            return
+        data = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(
+            json.dumps(self.tokenizer_patch(data), ensure_ascii=False), encoding="utf-8"
+        )
