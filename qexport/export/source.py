@@ -146,6 +146,8 @@ def _family_prompts(head: Head, family: str) -> None:
         head.default_instruction = spec.default_instruction
     for name, prompt in spec.default_prompts.items():
         head.prompts.setdefault(name, prompt)
+    if spec.instruction_prompt is not None and spec.instruction_prompt in head.prompts:
+        head.default_instruction = head.prompts[spec.instruction_prompt]
 
 
 def resolve(

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .bert import BertBuilder
+from .gemma3 import Gemma3Builder
 from .qwen3 import QWEN3_DIMS, QWEN3_QUERY_TASK, QWEN3_TEMPLATE, Qwen3Builder
 from .spec import FamilySpec
 from .xlm_roberta import XLMRobertaBuilder, whitespace_split
@@ -39,6 +40,16 @@ SPECS: dict[str, FamilySpec] = {
             model_types=XLMRobertaBuilder.model_types,
             strip_prefixes=XLMRobertaBuilder.strip_prefixes,
             tokenizer_patch=whitespace_split,
+        ),
+        FamilySpec(
+            name="gemma3",
+            builder=Gemma3Builder,
+            model_types=Gemma3Builder.model_types,
+            strip_prefixes=Gemma3Builder.strip_prefixes,
+            # sentence-transformers prepends a prompt to the text; `instruction` is that prompt
+            instruction_template="{instruction}{text}",
+            instruction_prompt="query",
+            matryoshka_dims=(128, 256, 512, 768),
         ),
     )
 }

@@ -22,6 +22,7 @@ class FamilySpec:
     default_head: tuple[str, bool] | None = None
     instruction_template: str | None = None  # "{instruction}" and "{text}" placeholders
     default_instruction: str | None = None
+    instruction_prompt: str | None = None  # default instruction: this prompt of the checkpoint
     # prompts set when the checkpoint's config_sentence_transformers.json lacks them
     default_prompts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     matryoshka_dims: tuple[int, ...] = ()  # empty: the full width only
