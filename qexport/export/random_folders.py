@@ -379,7 +379,7 @@ def _write_st_files(model: RandomFolder, folder: Path, hidden: int) -> None:
         width = out
     i = len(modules)
     modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize", "type": mod + "Normalize"})
-    (folder / f"{i}_Normalize").mkdir()
+    (folder / f"{i}_Normalize").mkdir(exist_ok=True)
     _write_json(folder / "modules.json", modules)
     _write_json(folder / "sentence_bert_config.json",
                 {"max_seq_length": model.max_seq_length, "do_lower_case": False})  # fmt: skip
