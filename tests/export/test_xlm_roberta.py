@@ -29,12 +29,16 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_folder("xlm-roberta-tiny", tmp_path_factory.mktemp("ckpt") / "xlmr")
 
 
-@pytest.fixture(scope="module")
-def st_model(folder):
+def _st(folder: Path):  # type: ignore[no-untyped-def]
     import torch
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": torch.float32})
+
+
+@pytest.fixture(scope="module")
+def st_model(folder):  # type: ignore[no-untyped-def]
+    return _st(folder)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +160,17 @@ def test_8192_tokens(tmp_path, artifact, st_model):
     assert cosines(ours, ref).min() >= 0.99999
     print(f"xlm-roberta-tiny 8192 tokens: peak RSS {rss:.0f} MB")
     assert rss < 400, rss
+
+
+def test_mean_pooling_folder(tmp_path):
+    """multilingual-e5's head (mean pooling) read from the folder, vs sentence-transformers."""
+    e5 = write_folder("xlm-roberta-tiny", tmp_path / "e5")
+    pooling = json.loads((e5 / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_cls_token=False, pooling_mode_mean_tokens=True)
+    (e5 / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    out = tmp_path / "e5-art"
+    manifest = export_onnx(str(e5), out, ExportOptions(progress=False))
+    assert manifest.pooling == "mean"
+    ours = Embedder(out, device="cpu").embed(TEXTS, batch_size=len(TEXTS))
+    ref = _st(e5).encode(TEXTS, batch_size=len(TEXTS))
+    assert cosines(ours, ref).min() >= 0.99999
