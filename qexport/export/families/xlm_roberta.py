@@ -18,15 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
-from ..graph import MS_DOMAIN, GraphBuilder
+from ..graph import GraphBuilder
 from ..weights import WeightSource
+from .attention import attend, padding_columns
 from .bert import BertBuilder
-
-FLOAT = ir.DataType.FLOAT
-PAD_LOGIT = 10000.0  # what a padded key's logit loses (onnxruntime's mask_filter_value)
 
 
 def whitespace_split(tokenizer: dict[str, Any]) -> dict[str, Any]:
@@ -110,28 +107,11 @@ class XLMRobertaBuilder(BertBuilder):
     ) -> ir.Value:
         """Returns the last hidden state, fp32 [B, S, hidden]."""
         d = self.dims
-        extra = self._padding_channel(g, mask)
-        split = g.i64([d.heads * (d.hidden // d.heads + 1)] * 3)
+        head = d.hidden // d.heads
+        self._columns = padding_columns(g, mask, 1.0 / math.sqrt(head), self.ir_dtype)
+        split = g.i64([d.hidden] * 3)
         x = self._embeddings(g, input_ids, mask)
-        return self.layers(g, x, extra, split)
-
-    def _padding_channel(self, g: GraphBuilder, mask: ir.Value) -> ir.Value:
-        """The extra head channel [B, S, 3, heads, 1] that masks padded keys (see attention):
-        c for queries, -(1 - mask) * c for keys, 0 for values."""
-        d = self.dims
-        c = math.sqrt(PAD_LOGIT * math.sqrt(d.hidden // d.heads))  # scale * c * c = PAD_LOGIT
-        mf = g.op("Unsqueeze", g.cast(mask, FLOAT), g.i64([-1]))  # [B, S, 1]
-        zero = g.op("Mul", mf, g.const(np.array(0.0, dtype=np.float32)))
-        q_col = g.op("Add", zero, g.const(np.array(c, dtype=np.float32)))
-        k_col = g.op(
-            "Mul",
-            g.op("Sub", g.const(np.array(1.0, dtype=np.float32)), mf),
-            g.const(np.array(-c, dtype=np.float32)),
-        )
-        extra = g.op("Concat", q_col, k_col, zero, axis=-1)  # [B, S, 3]
-        extra = g.op("Unsqueeze", extra, g.i64([3, 4]))  # [B, S, 3, 1, 1]
-        extra = g.op("Expand", extra, g.i64([1, 1, 1, d.heads, 1]))
-        return self._to_compute(g, extra)
+        return self.layers(g, x, mask, split)
 
     def attention(
         self,
@@ -142,21 +122,11 @@ class XLMRobertaBuilder(BertBuilder):
         split: ir.Value,
     ) -> ir.Value:
         """MultiHeadAttention without a mask input, so onnxruntime's CPU kernel takes its flash
-        path (memory linear in S); with a key padding mask it materialises batch x heads x S x S
-        (4.5 GB for one 8,192-token row of bge-m3's 16 heads, measured). Padded keys are masked
-        by one more head channel instead: q gets c, k gets -c on padded rows, v 0, so a padded
-        key's logit drops by PAD_LOGIT (as onnxruntime's own mask filter value) and the extra
-        output channel, always 0, is sliced away. `key_padding_mask` here is that channel."""
+        path (memory linear in S); padded keys are masked by one more head channel
+        (families/attention.py). `key_padding_mask` is unused here."""
         d = self.dims
         head = d.hidden // d.heads
+        shape = g.i64([0, 0, d.heads, head])
         x = g.op("Add", qkv, self._bias(g, *qkv_names))
-        x = g.op("Reshape", x, g.i64([0, 0, 3, d.heads, head]))
-        x = g.op("Concat", x, key_padding_mask, axis=-1)  # [B, S, 3, heads, head + 1]
-        q, k, v = g.ops("Split", g.op("Reshape", x, g.i64([0, 0, -1])), split, n=3, axis=-1)
-        attn = g.op(
-            "MultiHeadAttention", q, k, v,
-            domain=MS_DOMAIN, num_heads=d.heads, scale=1.0 / math.sqrt(head),
-        )  # fmt: skip
-        attn = g.op("Reshape", attn, g.i64([0, 0, d.heads, head + 1]))
-        attn = g.op("Slice", attn, g.i64([0]), g.i64([head]), g.i64([-1]))
-        return g.op("Reshape", attn, g.i64([0, 0, d.hidden]))
+        q, k, v = (g.op("Reshape", t, shape) for t in g.ops("Split", x, split, n=3, axis=-1))
+        return attend(g, q, k, v, self._columns, d.heads, head, 1.0 / math.sqrt(head))
