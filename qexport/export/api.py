@@ -12,13 +12,13 @@ from pathlib import Path
 import onnx_ir as ir
 
 from ..manifest import PRECISIONS, Manifest, TensorSpec
-from . import random_models
 from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
-from .families import FAMILIES
+from .families import FAMILIES, SPECS
 from .graph import OPSET, GraphBuilder
 from .heads import pool_and_normalize
 from .quantize import QUANT_PRECISIONS, Quantized, QuantOptions, base_precision, quantize_model
 from .source import ModelSource, resolve
+from .st_dense import check_chain
 from .tokenizer_files import build_byte_tokenizer, copy_tokenizer
 
 log = logging.getLogger("qexport")
@@ -54,7 +54,7 @@ def _step(opts: ExportOptions, name: str) -> Iterator[None]:
 def build_model(
     src: ModelSource, opts: ExportOptions, max_length: int
 ) -> tuple[ir.Model, int, int]:
-    """Emit the graph for a resolved source; returns (model, weight bytes, hidden size)."""
+    """Emit the graph for a resolved source; returns (model, weight bytes, embedding size)."""
     builder_cls = FAMILIES[src.family]
     compute = (
         opts.precision
@@ -67,8 +67,10 @@ def build_model(
     inputs = {name: g.input(name, ir.DataType.INT64, seq) for name in builder.input_names}
     hidden = builder.build(g, *inputs.values())
     mask = inputs["attention_mask"]
-    emb = pool_and_normalize(g, hidden, mask, src.head.pooling, src.head.normalize)
-    g.output(emb, "sentence_embedding", ["batch", builder.hidden_size])
+    head = src.head
+    dim = check_chain(head.dense, builder.hidden_size)  # Dense layers change the width
+    emb = pool_and_normalize(g, hidden, mask, head.pooling, head.normalize, head.dense)
+    g.output(emb, "sentence_embedding", ["batch", dim])
     if opts.token_embeddings:
         m = g.op("Unsqueeze", g.cast(mask, ir.DataType.FLOAT), g.i64([-1]))
         g.output(
@@ -77,7 +79,7 @@ def build_model(
     return (
         g.build(doc=f"qexport {src.spec} ({opts.precision})"),
         g.weight_bytes,
-        builder.hidden_size,
+        dim,
     )
 
 
@@ -93,16 +95,17 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
     check_output(out, opts.overwrite)
     with _step(opts, "resolve"):
         src = resolve(model, tokenizer=opts.tokenizer, revision=opts.revision)
-    model_max = int(src.config.get("max_position_embeddings", 512))
+    positions = SPECS[src.family].max_positions(src.config)  # the family's rule
+    model_max = positions
     if src.head.max_seq_length:
         model_max = min(model_max, int(src.head.max_seq_length))
     max_length = model_max if opts.max_length is None else opts.max_length
     if max_length < 2:
         raise ValueError(f"--max-length must be at least 2, got {max_length}")
-    if max_length > int(src.config.get("max_position_embeddings", max_length)):
+    if max_length > positions:
         raise ValueError(
-            f"--max-length {max_length} exceeds the model's max_position_embeddings "
-            f"{src.config.get('max_position_embeddings')}"
+            f"--max-length {max_length} exceeds the {positions} positions the model has "
+            f"(max_position_embeddings {src.config.get('max_position_embeddings')})"
         )
     with staging(out, opts.overwrite) as tmp:
         with _step(opts, "build graph"):
@@ -125,6 +128,7 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
                 build_byte_tokenizer(tmp, max_length)
             else:
                 copy_tokenizer(src.tokenizer_dir, tmp)
+                SPECS[src.family].patch_tokenizer(tmp / "tokenizer.json")
         manifest = _manifest(src, opts, graph, hidden, max_length)
         manifest.quantization = quant.info if quant is not None else None
         finish_manifest(manifest, tmp)
@@ -148,7 +152,7 @@ def _manifest(
             arch[key] = src.config[key]
     if opts.layers is not None:
         arch["layers_exported"] = opts.layers
-    dims = random_models.allowed_dims(hidden) if src.family == "qwen3" else [hidden]
+    dims = SPECS[src.family].allowed_dims(hidden)
 
     def spec(v: ir.Value) -> TensorSpec:
         dtype = {ir.DataType.INT64: "int64", ir.DataType.FLOAT: "float32"}[v.dtype]  # type: ignore[index]

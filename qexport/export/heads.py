@@ -3,12 +3,14 @@ sentence-transformers' Pooling modes), each mapping hidden [B, S, H] fp32 + mask
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
 from .graph import GraphBuilder
+from .st_dense import DenseLayer, apply_dense
 
 
 class Pooling:
@@ -89,9 +91,17 @@ def l2_normalize(g: GraphBuilder, x: ir.Value) -> ir.Value:
 
 
 def pool_and_normalize(
-    g: GraphBuilder, hidden: ir.Value, mask: ir.Value, pooling: str, normalize: bool
+    g: GraphBuilder,
+    hidden: ir.Value,
+    mask: ir.Value,
+    pooling: str,
+    normalize: bool,
+    dense: Sequence[DenseLayer] = (),
 ) -> ir.Value:
+    """Pooling, then sentence-transformers' Dense layers (if any), then L2 normalisation."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not supported (supported: {', '.join(POOLINGS)})")
     pooled = POOLINGS[pooling]()(g, hidden, mask)
+    if dense:
+        pooled = apply_dense(g, pooled, list(dense))
     return l2_normalize(g, pooled) if normalize else pooled

@@ -9,7 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from .families.qwen3 import QWEN3_DIMS, QWEN3_QUERY_TASK, QWEN3_TEMPLATE
 from .weights import RandomSource, normal
+
+__all__ = ["QWEN3_DIMS", "QWEN3_QUERY_TASK", "QWEN3_TEMPLATE", "REGISTRY", "RandomModel"]
 
 QWEN3_BASE: dict[str, Any] = {
     "architectures": ["Qwen3Model"],
@@ -28,10 +31,6 @@ QWEN3_BASE: dict[str, Any] = {
     "use_sliding_window": False,
     "sliding_window": None,
 }
-
-QWEN3_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
-QWEN3_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"
-QWEN3_DIMS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 2560, 3072, 4096)
 
 
 @dataclass(frozen=True)

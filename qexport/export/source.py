@@ -4,12 +4,14 @@ weights, tokenizer and the sentence-transformers head description."""
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import random_models
-from .families import DEFAULT_POOLING, UnsupportedModelError, family_for
+from . import random_folders, random_models
+from .families import SPECS, UnsupportedModelError, family_for
+from .st_dense import DenseError, DenseLayer, read_dense
 from .weights import SafetensorsSource, WeightSource
 
 
@@ -28,6 +30,7 @@ class Head:
     max_seq_length: int | None = None
     instruction_template: str | None = None
     default_instruction: str | None = None
+    dense: list[DenseLayer] = field(default_factory=list)  # after pooling, before Normalize
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ModelSource:
     revision: str | None = None
     folder: Path | None = None
     seed: int | None = None
+    keepalive: Any = None  # e.g. the temporary folder a random checkpoint was written to
 
 
 ST_POOLING_KEYS = {
@@ -55,6 +59,7 @@ KNOWN_MODULES = {
     "sentence_transformers.models.Transformer": "transformer",
     "sentence_transformers.models.Pooling": "pooling",
     "sentence_transformers.models.Normalize": "normalize",
+    "sentence_transformers.models.Dense": "dense",
 }
 
 
@@ -65,45 +70,57 @@ def _read_json(path: Path) -> Any:
         raise SourceError(f"cannot read {path}: {exc}") from exc
 
 
-def read_st_head(folder: Path, family: str) -> Head:
-    """Read modules.json / 1_Pooling / config_sentence_transformers.json /
-    sentence_bert_config.json; without them, the family's documented default."""
-    modules_path = folder / "modules.json"
-    if modules_path.is_file():
-        pooling, normalize = None, False
-        for module in _read_json(modules_path):
-            kind = KNOWN_MODULES.get(module.get("type", ""))
-            if kind is None:
+def _read_pooling(path: Path) -> str:
+    cfg = _read_json(path / "config.json")
+    if cfg.get("pooling_mode_weightedmean_tokens"):
+        raise UnsupportedModelError("pooling mode 'weightedmean' is not supported")
+    if "pooling_mode" in cfg:  # newer sentence-transformers spelling
+        modes = [cfg["pooling_mode"]]
+    else:
+        modes = [v for k, v in ST_POOLING_KEYS.items() if cfg.get(k)]
+    if len(modes) != 1:
+        raise UnsupportedModelError(f"pooling must be exactly one mode, found {modes or 'none'}")
+    if cfg.get("include_prompt") is False:
+        raise UnsupportedModelError("pooling with include_prompt=false is not supported")
+    return {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(modes[0], modes[0])
+
+
+def _read_modules(folder: Path) -> Head:
+    """modules.json: Transformer, Pooling, then any Dense layers, then Normalize."""
+    pooling, normalize, dense = None, False, []
+    for module in _read_json(folder / "modules.json"):
+        kind = KNOWN_MODULES.get(module.get("type", ""))
+        if kind is None:
+            raise UnsupportedModelError(
+                f"sentence-transformers module {module.get('type')!r} ({module.get('path')}) "
+                "is not supported; supported: Transformer, Pooling, Dense, Normalize"
+            )
+        if kind == "pooling":
+            pooling = _read_pooling(folder / module["path"])
+        elif kind == "dense":
+            if pooling is None or normalize:
                 raise UnsupportedModelError(
-                    f"sentence-transformers module {module.get('type')!r} ({module.get('path')}) is not supported; "
-                    "supported: Transformer, Pooling, Normalize"
+                    f"Dense module {module.get('path')!r} must come after Pooling and before "
+                    "Normalize (token-level or post-normalise Dense is not supported)"
                 )
-            if kind == "pooling":
-                cfg = _read_json(folder / module["path"] / "config.json")
-                if cfg.get("pooling_mode_weightedmean_tokens"):
-                    raise UnsupportedModelError("pooling mode 'weightedmean' is not supported")
-                if "pooling_mode" in cfg:  # newer sentence-transformers spelling
-                    modes = [cfg["pooling_mode"]]
-                else:
-                    modes = [v for k, v in ST_POOLING_KEYS.items() if cfg.get(k)]
-                if len(modes) != 1:
-                    raise UnsupportedModelError(
-                        f"pooling must be exactly one mode, found {modes or 'none'}"
-                    )
-                pooling = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(
-                    modes[0], modes[0]
-                )
-                if cfg.get("include_prompt") is False:
-                    raise UnsupportedModelError(
-                        "pooling with include_prompt=false is not supported"
-                    )
-            elif kind == "normalize":
-                normalize = True
-        if pooling is None:
-            raise UnsupportedModelError("modules.json has no Pooling module")
-        head = Head(pooling=pooling, normalize=normalize)
-    elif family in DEFAULT_POOLING:
-        pooling, normalize = DEFAULT_POOLING[family]
+            try:
+                dense.append(read_dense(folder / module["path"]))
+            except DenseError as exc:
+                raise UnsupportedModelError(str(exc)) from exc
+        elif kind == "normalize":
+            normalize = True
+    if pooling is None:
+        raise UnsupportedModelError("modules.json has no Pooling module")
+    return Head(pooling=pooling, normalize=normalize, dense=dense)
+
+
+def read_st_head(folder: Path, family: str) -> Head:
+    """Read modules.json / 1_Pooling / Dense folders / config_sentence_transformers.json /
+    sentence_bert_config.json; without them, the family's documented default."""
+    if (folder / "modules.json").is_file():
+        head = _read_modules(folder)
+    elif SPECS[family].default_head is not None:
+        pooling, normalize = SPECS[family].default_head  # type: ignore[misc]
         head = Head(pooling=pooling, normalize=normalize)
     else:
         raise UnsupportedModelError(
@@ -122,11 +139,15 @@ def read_st_head(folder: Path, family: str) -> Head:
 
 
 def _family_prompts(head: Head, family: str) -> None:
-    if family == "qwen3":
-        head.instruction_template = random_models.QWEN3_TEMPLATE
-        head.default_instruction = random_models.QWEN3_QUERY_TASK
-        head.prompts.setdefault("query", f"Instruct: {random_models.QWEN3_QUERY_TASK}\nQuery:")
-        head.prompts.setdefault("document", "")
+    spec = SPECS[family]
+    if spec.instruction_template is not None:
+        head.instruction_template = spec.instruction_template
+    if spec.default_instruction is not None:
+        head.default_instruction = spec.default_instruction
+    for name, prompt in spec.default_prompts.items():
+        head.prompts.setdefault(name, prompt)
+    if spec.instruction_prompt is not None and spec.instruction_prompt in head.prompts:
+        head.default_instruction = head.prompts[spec.instruction_prompt]
 
 
 def resolve(
@@ -145,10 +166,11 @@ def resolve(
 
 def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
     name = spec.split(":", 1)[1]
+    if name in random_folders.REGISTRY:
+        return _resolve_random_folder(spec, name, tokenizer)
     if name not in random_models.REGISTRY:
-        raise SourceError(
-            f"unknown random model {name!r}; built in: {', '.join(random_models.REGISTRY)}"
-        )
+        known = [*random_models.REGISTRY, *random_folders.REGISTRY]
+        raise SourceError(f"unknown random model {name!r}; built in: {', '.join(known)}")
     model = random_models.REGISTRY[name]
     tok_dir = None
     if tokenizer is not None:
@@ -167,6 +189,17 @@ def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
         tokenizer_dir=tok_dir,
         seed=model.seed,
     )
+
+
+def _resolve_random_folder(spec: str, name: str, tokenizer: str | Path | None) -> ModelSource:
+    """A random checkpoint in the hub's layout, written to a temporary folder that lives as
+    long as the returned source (its weights are memory-mapped from there)."""
+    tmp = tempfile.TemporaryDirectory(prefix="qexport-random-")
+    folder = random_folders.write_folder(name, Path(tmp.name) / name)
+    src = _resolve_folder(spec, folder, "random", revision=None, tokenizer=tokenizer)
+    src.seed = random_folders.REGISTRY[name].seed
+    src.keepalive = tmp
+    return src
 
 
 def _resolve_folder(

@@ -181,9 +181,9 @@ def test_unsupported_pooling_is_refused(tmp_path, minilm_dir):
 def test_unsupported_module_is_refused(tmp_path, minilm_dir):
     model = _variant(minilm_dir, tmp_path / "model")
     modules = json.loads((minilm_dir / "modules.json").read_text())
-    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense",
-                       "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_LayerNorm",
+                       "type": "sentence_transformers.models.LayerNorm"})  # fmt: skip
     (model / "modules.json").unlink()
     (model / "modules.json").write_text(json.dumps(modules))
     line = _cli_error(model, tmp_path / "out")
-    assert "'sentence_transformers.models.Dense'" in line and "not supported" in line
+    assert "'sentence_transformers.models.LayerNorm'" in line and "not supported" in line

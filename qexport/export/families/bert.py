@@ -153,6 +153,22 @@ class BertBuilder(FamilyBuilder):
         return out
 
     # -- graph ----------------------------------------------------------------------------
+    def attention(
+        self,
+        g: GraphBuilder,
+        qkv: ir.Value,
+        qkv_names: list[str],
+        key_padding_mask: ir.Value,
+        split: ir.Value,
+    ) -> ir.Value:
+        """Bidirectional attention of the fused q|k|v projection (bias not yet added)."""
+        q, k, v = g.ops("Split", qkv, split, n=3, axis=-1)
+        return g.op(
+            "MultiHeadAttention",
+            q, k, v, self._bias(g, *qkv_names), key_padding_mask,
+            domain=MS_DOMAIN, num_heads=self.dims.heads,
+        )  # fmt: skip
+
     def embeddings(
         self, g: GraphBuilder, input_ids: ir.Value, token_type_ids: ir.Value | None
     ) -> ir.Value:
@@ -184,22 +200,23 @@ class BertBuilder(FamilyBuilder):
         token_type_ids: ir.Value | None = None,
     ) -> ir.Value:
         """Returns the last hidden state, fp32 [B, S, hidden]."""
+        key_padding_mask = g.cast(mask, ir.DataType.INT32)  # [B, S]: 0 = padding key
+        split = g.i64([self.dims.hidden] * 3)
+        x = self.embeddings(g, input_ids, token_type_ids)
+        return self.layers(g, x, key_padding_mask, split)
+
+    def layers(
+        self, g: GraphBuilder, x: ir.Value, key_padding_mask: ir.Value, split: ir.Value
+    ) -> ir.Value:
+        """The post-LN blocks over the embeddings x (fp32 [B, S, H])."""
         d = self.dims
         act = ACTIVATIONS[d.act]
-        key_padding_mask = g.cast(mask, ir.DataType.INT32)  # [B, S]: 0 = padding key
-        split = g.i64([d.hidden] * 3)
-        x = self.embeddings(g, input_ids, token_type_ids)
         for i in range(self.n_layers):
             p = f"encoder.layer.{i}."
             qkv_names = [p + "attention.self." + n for n in ("query", "key", "value")]
             h = self._to_compute(g, x)
             qkv = g.op("MatMul", h, self._linear(g, *qkv_names))
-            q, k, v = g.ops("Split", qkv, split, n=3, axis=-1)
-            attn = g.op(
-                "MultiHeadAttention",
-                q, k, v, self._bias(g, *qkv_names), key_padding_mask,
-                domain=MS_DOMAIN, num_heads=d.heads,
-            )  # fmt: skip
+            attn = self.attention(g, qkv, qkv_names, key_padding_mask, split)
             o = g.op("MatMul", attn, self._linear(g, p + "attention.output.dense"))
             x = self._skip_ln(g, o, x, p + "attention.output", p + "attention.output.dense")
             h = self._to_compute(g, x)

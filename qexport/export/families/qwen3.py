@@ -23,6 +23,10 @@ from .base import FamilyBuilder
 
 FLOAT = ir.DataType.FLOAT
 
+QWEN3_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+QWEN3_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"
+QWEN3_DIMS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 2560, 3072, 4096)
+
 
 @dataclass(frozen=True)
 class Qwen3Dims:
