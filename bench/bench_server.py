@@ -1,11 +1,13 @@
-"""`qexport serve` under load on loopback: p50/p95 latency and throughput for 1..N concurrent
-clients, each sending requests of a few SciFact queries (short texts, as in search).
+"""`qexport serve` under the model card's serving protocol on loopback: one text per request,
+16 concurrent clients, on SciFact documents and on SciFact queries; tokens/s and p50/p95
+latency, next to the offline `Embedder.embed` on the same texts (one call, token-budget
+batches), and with auth + metrics on vs off.
 
-    python bench/bench_server.py --artifact /tmp/minilm --clients 1 4 16 --requests 40
+    python bench/bench_server.py --artifact /tmp/minilm --docs 800 --clients 16
 
-The server runs as a real `qexport serve` subprocess; clients are threads with their own
-httpx connection. For context, the same requests sent straight to Embedder.embed (no HTTP, one
-at a time) are timed too. Every response is checked (shape, finite, unit norm).
+The server is a real `qexport serve` subprocess; clients are threads, each with its own httpx
+connection. Every response is checked (one finite unit-norm vector, the Embedder's to 1e-4).
+Tokens are the server's own `usage.prompt_tokens` (the same count the Embedder feeds).
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("QEXPORT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+KEY = "bench-key"
 
 
-def queries() -> list[str]:
-    with open(SHARED / "data" / "scifact" / "queries.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh]
+def scifact(docs: int) -> dict[str, list[str]]:
+    folder = SHARED / "data" / "scifact"
+    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
+        corpus = [json.loads(line) for line in fh][:docs]
+    with open(folder / "queries.jsonl", encoding="utf-8") as fh:
+        queries = [json.loads(line)["text"] for line in fh]
+    return {"documents": [f"{d['title']} {d['text']}".strip() for d in corpus], "queries": queries}
 
 
 def free_port() -> int:
@@ -38,11 +45,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifact: str, port: int, max_wait_ms: float) -> subprocess.Popen:
+def start_server(artifact: str, port: int, secure: bool) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "qexport.cli", "-q", "serve", artifact, "--device", "cpu",
-           "--port", str(port), "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
+           "--port", str(port)]  # fmt: skip
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if secure:
+        env["QEXPORT_API_KEY"] = KEY
+    else:
+        cmd.append("--no-metrics")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -54,84 +65,86 @@ def start_server(artifact: str, port: int, max_wait_ms: float) -> subprocess.Pop
     raise RuntimeError("server did not start")
 
 
-def load(base: str, clients: int, requests: int, per_request: int, qs: list[str]) -> dict:
-    def client(seed: int) -> list[float]:
-        rng = np.random.default_rng(seed)
-        lat = []
-        with httpx.Client(base_url=base, timeout=120) as http:
-            for _ in range(requests):
-                batch = [qs[i] for i in rng.choice(len(qs), per_request, replace=False)]
-                t0 = time.perf_counter()
-                r = http.post("/v1/embeddings", json={"input": batch, "model": "m"})
-                lat.append(time.perf_counter() - t0)
-                r.raise_for_status()
-                v = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
-                assert v.shape[0] == per_request and np.isfinite(v).all()
-                assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
-        return lat
+def load(base: str, texts: list[str], want: np.ndarray, clients: int, secure: bool) -> dict:
+    """Each text once, one per request, `clients` threads pulling from a shared index."""
+    headers = {"Authorization": f"Bearer {KEY}"} if secure else {}
+    order = iter(range(len(texts)))
+    lat = [0.0] * len(texts)
+    tokens = [0] * len(texts)
 
-    before = httpx.get(f"{base}/health").json()
+    def client(_: int) -> None:
+        with httpx.Client(base_url=base, timeout=120, headers=headers) as http:
+            for i in order:  # next() on a shared iterator is atomic under the GIL
+                t0 = time.perf_counter()
+                r = http.post("/v1/embeddings", json={"input": texts[i], "model": "m"})
+                lat[i] = time.perf_counter() - t0
+                r.raise_for_status()
+                body = r.json()
+                v = np.asarray(body["data"][0]["embedding"], dtype=np.float32)
+                assert np.isfinite(v).all() and np.allclose(v, want[i], atol=1e-4), i
+                tokens[i] = body["usage"]["prompt_tokens"]
+
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        lats = [x for lat in pool.map(client, range(clients)) for x in lat]
+        list(pool.map(client, range(clients)))
     wall = time.perf_counter() - start
-    after = httpx.get(f"{base}/health").json()
-    n = clients * requests
-    batches = after["batches"] - before["batches"]
-    return {"clients": clients, "requests": n, "p50_ms": 1000 * statistics.median(lats),
-            "p95_ms": 1000 * float(np.percentile(lats, 95)), "req_per_s": n / wall,
-            "texts_per_s": n * per_request / wall, "requests_per_forward": n / max(batches, 1)}  # fmt: skip
+    return {"tokens_per_s": sum(tokens) / wall, "p50_ms": 1000 * statistics.median(lat),
+            "p95_ms": 1000 * float(np.percentile(lat, 95)), "n": len(texts)}  # fmt: skip
 
 
-def direct(artifact: str, requests: int, per_request: int, qs: list[str]) -> dict:
+def offline(artifact: str, texts: list[str]) -> tuple[dict, np.ndarray]:
     from qexport.runtime import Embedder
 
     emb = Embedder(artifact, device="cpu")
-    rng = np.random.default_rng(0)
-    emb.embed(qs[:per_request])
-    lat = []
+    emb.embed(texts[:32])
+    tokens = sum(len(r) for r in emb.tokenize(texts)[0])
     start = time.perf_counter()
-    for _ in range(requests):
-        batch = [qs[i] for i in rng.choice(len(qs), per_request, replace=False)]
-        t0 = time.perf_counter()
-        emb.embed(batch)
-        lat.append(time.perf_counter() - t0)
+    vecs = emb.embed(texts)
     wall = time.perf_counter() - start
-    return {"clients": "Embedder.embed, no HTTP", "requests": requests,
-            "p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * float(np.percentile(lat, 95)),
-            "req_per_s": requests / wall, "texts_per_s": requests * per_request / wall,
-            "requests_per_forward": 1.0}  # fmt: skip
+    return {"tokens_per_s": tokens / wall, "p50_ms": None, "p95_ms": None,
+            "n": len(texts)}, vecs  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--artifact", required=True)
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=40, help="per client")
-    p.add_argument("--per-request", type=int, default=4, help="texts per request")
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--docs", type=int, default=800, help="SciFact documents (first N)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2, help="server runs per setting (best kept)")
     args = p.parse_args()
-    qs = queries()
-    rows = [direct(args.artifact, args.requests, args.per_request, qs)]
-    port = free_port()
-    proc = start_server(args.artifact, port, args.max_wait_ms)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        load(base, 2, 5, args.per_request, qs)  # warm-up
-        for c in args.clients:
-            rows.append(load(base, c, args.requests, args.per_request, qs))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    keys = list(rows[0])
-    print(f"{args.per_request} SciFact queries per request, max wait {args.max_wait_ms} ms")
+    sets = scifact(args.docs)
+    rows = []
+    for name, texts in sets.items():
+        base_row, want = offline(args.artifact, texts)
+        rows.append({"texts": name, "mode": "offline Embedder.embed", **base_row})
+        ports = {secure: free_port() for secure in (False, True)}
+        procs = {secure: start_server(args.artifact, ports[secure], secure) for secure in ports}
+        runs: dict[bool, list[dict]] = {False: [], True: []}
+        try:
+            for r in range(args.repeats + 1):  # alternate off/on so that load drift hits both
+                for secure, port in ports.items():
+                    url = f"http://127.0.0.1:{port}"
+                    if r == 0:  # warm-up
+                        load(url, texts[:64], want[:64], args.clients, secure)
+                    else:
+                        runs[secure].append(load(url, texts, want, args.clients, secure))
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+        for secure in (False, True):
+            best = max(runs[secure], key=lambda r: r["tokens_per_s"])
+            mode = "serve, auth + metrics" if secure else "serve, no auth, no metrics"
+            rows.append({"texts": name, "mode": mode, **best,
+                         "vs_offline": best["tokens_per_s"] / base_row["tokens_per_s"]})  # fmt: skip
+    keys = ["texts", "n", "mode", "tokens_per_s", "p50_ms", "p95_ms", "vs_offline"]
+    print(f"one text per request, {args.clients} concurrent clients, best of {args.repeats}")
     print("| " + " | ".join(keys) + " |\n|" + " --- |" * len(keys))
     for r in rows:
-        print(
-            "| "
-            + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values())
-            + " |"
-        )
+        cells = [r.get(k) for k in keys]
+        print("| " + " | ".join(
+            "" if v is None else f"{v:,.2f}" if isinstance(v, float) and v < 10 else
+            f"{v:,.0f}" if isinstance(v, float) else str(v) for v in cells) + " |")  # fmt: skip
 
 
 if __name__ == "__main__":
