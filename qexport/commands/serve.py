@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "prometheus_client")):
         raise UsageError(SERVE_HINT)
     _check(args)
-    from ..runtime import Embedder
-    from ..server.app import ServerConfig, create_app
-    from ..server.run import bind, is_loopback, serve
+    from ..server.config import ServerConfig
+    from ..server.run import bind, exposure_warning, serve
 
     config = ServerConfig(
         model_name=args.model_name,
@@ -109,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--{name.replace('_', '-')} {str(exc).split(' ', 1)[1]}") from None
     sock = bind(args.host, args.port)  # before loading: a port in use fails fast
     try:
+        from ..runtime import Embedder
+        from ..server.app import create_app
+
         try:
             embedder = Embedder(
                 args.artifact,
@@ -118,12 +120,9 @@ def run(args: argparse.Namespace) -> int:
             )
         except (TypeError, AttributeError) as exc:
             raise UsageError(f"{args.artifact}: malformed artifact or manifest ({exc})") from None
-        if config.api_key is None and not is_loopback(sock):
-            print(
-                f"qexport: warning: serving on {args.host} without --api-key: anyone who can "
-                "reach this port can use the model",
-                file=sys.stderr,
-            )
+        warning = exposure_warning(args.host, sock.getsockname()[0], config.api_key)
+        if warning:
+            print(warning, file=sys.stderr)
         app = create_app(embedder, config)
         serve(
             app,

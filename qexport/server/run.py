@@ -40,8 +40,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def is_loopback(sock: socket.socket) -> bool:
-    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+def exposure_warning(host: str, address: str, api_key: str | None) -> str | None:
+    """The warning to print when the server is reachable off this machine without a key."""
+    if api_key is not None or ipaddress.ip_address(address).is_loopback:
+        return None
+    return (
+        f"qexport: warning: serving on {host} without --api-key: anyone who can reach this "
+        "port can use the model"
+    )
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:

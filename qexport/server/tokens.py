@@ -24,7 +24,7 @@ from .errors import ApiError
 
 MARGIN = 64  # tokens tokenised past max_length before a prefix is trusted
 CLIP_CHARS_PER_TOKEN = 6  # first prefix: this many characters per token allowed
-GROUP_BYTES = 1 << 20  # texts tokenised together, at most this many (clipped) bytes
+GROUP_BYTES = 256 << 10  # texts tokenised together past the bound, at most this many bytes
 
 
 def check_texts(value: str | list[Any], max_items: int) -> list[str]:
