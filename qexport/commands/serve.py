@@ -83,7 +83,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "prometheus_client")):
+    if any(
+        importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "prometheus_client")
+    ):
         raise UsageError(SERVE_HINT)
     _check(args)
     from ..server.config import ServerConfig

@@ -45,33 +45,35 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+async def _receive_body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "client disconnected", reason="client_disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(
+                413, f"request body passed {limit} bytes; at most {limit}", reason="body_too_large"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 async def read_body(request: Request, cfg: ServerConfig) -> bytes:
-    """The body, counted while it arrives: 413 as soon as it passes the limit (chunked too)."""
+    """The body, counted while it arrives: 413 as soon as it passes the limit (chunked too),
+    408 when it has not all arrived within the read timeout."""
     limit = cfg.max_body_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError(
             413, f"request body has {length} bytes; at most {limit}", reason="body_too_large"
         )
-    chunks, size = [], 0
     try:
-        async with asyncio.timeout(cfg.read_timeout_s):
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    raise ApiError(400, "client disconnected", reason="client_disconnected")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(
-                        413,
-                        f"request body passed {limit} bytes; at most {limit}",
-                        reason="body_too_large",
-                    )
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-    except TimeoutError:
+        return await asyncio.wait_for(_receive_body(request, limit), cfg.read_timeout_s)
+    except asyncio.TimeoutError:
         raise ApiError(
             408, f"request body not received within {cfg.read_timeout_s:g} s", reason="read_timeout"
         ) from None
@@ -184,14 +186,13 @@ class Service:
                 "dimensions",
                 reason="bad_input",
             )
-        ids, types = await run_in_threadpool(
-            self.tokenizer.tokenize, texts, cfg.max_request_tokens
-        )
+        ids, types = await run_in_threadpool(self.tokenizer.tokenize, texts, cfg.max_request_tokens)
         job = self._submit(req, ids, types, deadline)
         watcher = asyncio.ensure_future(_until_disconnect(request))
         try:
+            waiting: set[asyncio.Future[Any]] = {job.future, watcher}
             done, _ = await asyncio.wait(
-                {job.future, watcher},
+                waiting,
                 timeout=max(0.0, deadline - time.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -223,7 +224,7 @@ def _add_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), None, exc.headers)
+        return error_response(exc.status_code, str(exc.detail), None, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, exc: Exception) -> JSONResponse:

@@ -138,9 +138,7 @@ class Batcher:
     @property
     def alive(self) -> bool:
         return (
-            self.error is None
-            and bool(self._threads)
-            and all(t.is_alive() for t in self._threads)
+            self.error is None and bool(self._threads) and all(t.is_alive() for t in self._threads)
         )
 
     @property
@@ -198,13 +196,16 @@ class Batcher:
         self._active = keep
 
     def _plan(self, short_only: bool) -> Rows:
-        budget, rows, width = self.max_batch_tokens, [], 0
+        rows: Rows = []
+        budget, width = self.max_batch_tokens, 0
         for job in sorted(self._active, key=lambda j: (j.served, j.seq)):
             while job.next < len(job.order):
                 r = job.order[job.next]
                 n = len(job.ids[r])
                 w = max(width, n)
-                if (short_only and n > self.long_row_tokens) or (rows and (len(rows) + 1) * w > budget):
+                if (short_only and n > self.long_row_tokens) or (
+                    rows and (len(rows) + 1) * w > budget
+                ):
                     break
                 rows.append((job, r))
                 width, job.next, job.served = w, job.next + 1, job.served + n

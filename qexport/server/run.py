@@ -50,48 +50,54 @@ def exposure_warning(host: str, address: str, api_key: str | None) -> str | None
     )
 
 
-def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
-    class GuardedH11(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
+class GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with a request-head timeout and a connection cap."""
 
-        def _waiting_for_head(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
+    header_timeout_s = 10.0
+    max_connections = 1024
+    _head_timer: asyncio.TimerHandle | None = None
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._head_timer = self.loop.call_later(header_timeout_s, self._expire)
+    def _waiting_for_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
 
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._expire)
 
-        def _expire(self) -> None:
-            if self._waiting_for_head() and not self.transport.is_closing():
-                self.transport.close()
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                transport.abort()
-                return
+    def _expire(self) -> None:
+        if self._waiting_for_head() and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.abort()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._waiting_for_head():
+            self._disarm()  # a request is being served: the app's timeouts apply
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
             self._arm()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if not self._waiting_for_head():
-                self._disarm()  # a request is being served: the app's timeouts apply
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return GuardedH11
+def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
+    attrs = {"header_timeout_s": header_timeout_s, "max_connections": max_connections}
+    return type("GuardedH11", (GuardedH11,), attrs)
 
 
 class _OncePerMinute(logging.Filter):

@@ -40,7 +40,10 @@ def test_api_key_guards_every_route_but_health(tiny_artifact, emb, tmp_path):
         auth = {"Authorization": f"Bearer {KEY}"}
         assert httpx.get(f"{srv.base}/v1/models", headers=auth, timeout=10).status_code == 200
         assert metric(srv.base, 'qexport_refusals_total{reason="unauthorized"}', auth) == 10
-        assert metric(srv.base, 'qexport_requests_total{route="/v1/embeddings",status="200"}', auth) == 1
+        assert (
+            metric(srv.base, 'qexport_requests_total{route="/v1/embeddings",status="200"}', auth)
+            == 1
+        )
 
 
 def test_exposure_warning_only_off_loopback_without_key():

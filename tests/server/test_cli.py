@@ -25,10 +25,10 @@ def run_all(cases: dict[str, list[str]]) -> dict[str, subprocess.CompletedProces
     for name, proc in procs.items():
         try:
             stdout, stderr = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             proc.kill()
             proc.communicate(timeout=30)
-            raise AssertionError(f"{name}: still running (it should have refused to start)")
+            raise AssertionError(f"{name}: still running (it should have refused)") from exc
         out[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     return out
 
@@ -58,8 +58,9 @@ def test_bad_options_addresses_and_artifacts_exit_2_in_one_line(tiny_artifact, t
         "cannot listen on 192.0.2.1": ["--host", "192.0.2.1", "--port", port],  # not ours
     }
     commands = {msg: serve_command(art, "--port", port, *args) for msg, args in cases.items()}
-    commands["does not match its sha256"] = serve_command(tampered, "--port", port)
-    commands["invalid JSON"] = serve_command(garbled, "--port", port)
+    # these two bind before loading: a port each
+    commands["does not match its sha256"] = serve_command(tampered, "--port", str(free_port()))
+    commands["invalid JSON"] = serve_command(garbled, "--port", str(free_port()))
     try:
         results = run_all(commands)
     finally:

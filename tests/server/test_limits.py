@@ -79,7 +79,9 @@ def test_oversized_bodies_and_texts_cost_little_memory(tiny_artifact, tmp_path):
 
         # one 8 MiB text: tokenised from a prefix only, 413 above 4096 tokens
         big = "word " * (8 * MiB // 5)
-        r, before, peak = peak_rss_during(srv.proc.pid, lambda: httpx.post(url, json={"input": big}, timeout=60))
+        r, before, peak = peak_rss_during(
+            srv.proc.pid, lambda: httpx.post(url, json={"input": big}, timeout=60)
+        )
         assert r.status_code == 413, r.text  # type: ignore[union-attr]
         assert "at most 4096 per request" in r.json()["error"]["message"]  # type: ignore[union-attr]
         print(f"RSS growth {(peak - before) / MiB:.0f} MiB")
@@ -87,7 +89,9 @@ def test_oversized_bodies_and_texts_cost_little_memory(tiny_artifact, tmp_path):
 
         # 8 MiB in 2048 texts: counting stops at the first group past the limit
         many = ["word " * 800] * 2048
-        r, before, peak = peak_rss_during(srv.proc.pid, lambda: httpx.post(url, json={"input": many}, timeout=60))
+        r, before, peak = peak_rss_during(
+            srv.proc.pid, lambda: httpx.post(url, json={"input": many}, timeout=60)
+        )
         assert r.status_code == 413, r.text  # type: ignore[union-attr]
         print(f"RSS growth {(peak - before) / MiB:.0f} MiB")
         assert peak - before < GROWTH_LIMIT, (before, peak)

@@ -100,14 +100,18 @@ def test_full_queue_answers_503(emb):
     batcher = app.state.batcher
     with serving(app) as base, ThreadPoolExecutor(1) as pool:
         batcher.pause()
-        first = pool.submit(httpx.post, f"{base}/v1/embeddings", json={"input": TEXTS[:2]}, timeout=60)
+        first = pool.submit(
+            httpx.post, f"{base}/v1/embeddings", json={"input": TEXTS[:2]}, timeout=60
+        )
         wait_until(lambda: batcher.inflight == 1, what="the first request in flight")
         refused = httpx.post(f"{base}/v1/embeddings", json={"input": TEXTS[2]}, timeout=60)
         batcher.pause(False)
         answered = first.result(timeout=60)
     assert refused.status_code == 503, refused.text
     err = refused.json()["error"]
-    assert err["type"] == "server_busy" and "server busy: 1 requests already waiting" in err["message"]
+    assert (
+        err["type"] == "server_busy" and "server busy: 1 requests already waiting" in err["message"]
+    )
     assert refused.headers["retry-after"] == "1"
     assert answered.status_code == 200, answered.text
     vecs = np.array([d["embedding"] for d in answered.json()["data"]], dtype=np.float32)
@@ -123,7 +127,11 @@ def test_full_queue_answers_503(emb):
         ({"input": ["ok", 7]}, 400, r"input\[1\] is int, not a string"),
         ({"input": [[1, 2, 3]]}, 400, r"input\[0\] is list, not a string"),
         ({"input": ["a"] * 5}, 413, "input has 5 items; at most 4 per request"),
-        ({"input": ["word " * 300]}, 413, r"input has at least \d+ tokens; at most 200 per request"),
+        (
+            {"input": ["word " * 300]},
+            413,
+            r"input has at least \d+ tokens; at most 200 per request",
+        ),
         ({"input": "x", "dimensions": 100}, 400, r"dimensions 100 is not allowed.*\[32, 64, 128\]"),
         ({"input": "x", "encoding_format": "hex"}, 422, "encoding_format: Input should be"),
         ({"model": "m"}, 422, "input: Field required"),

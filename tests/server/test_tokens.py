@@ -5,8 +5,6 @@ tokenizers alike."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from qexport.runtime.tokenize import TextEncoder
