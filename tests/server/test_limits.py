@@ -99,3 +99,20 @@ def test_oversized_bodies_and_texts_cost_little_memory(tiny_artifact, tmp_path):
         # still serving
         ok = httpx.post(url, json={"input": "still here"}, timeout=60)
         assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 128
+
+
+def test_bodies_of_millions_of_tiny_strings_are_refused_before_parsing(tiny_artifact, tmp_path):
+    """json.loads of 8 MiB of `"ab",` would cost ~100 MB; the strings are counted first."""
+    body = b'{"input": [' + b'"ab",' * ((8 * MiB) // 5) + b'"ab"]}'
+    legit = ['word "quoted" \\ back ' * 2000] * 40  # 1.7 MiB with escapes: must pass the scan
+    with qexport_serve(tiny_artifact, tmp_path, "--max-request-tokens", "4096") as srv:
+        url = f"{srv.base}/v1/embeddings"
+        headers = {"content-type": "application/json"}
+        post = lambda: httpx.post(url, content=body, headers=headers, timeout=60)  # noqa: E731
+        r, before, peak = peak_rss_during(srv.proc.pid, post)
+        assert r.status_code == 413, r.text  # type: ignore[union-attr]
+        assert "holds more than 2112 strings" in r.json()["error"]["message"]  # type: ignore[union-attr]
+        print(f"RSS growth {(peak - before) / MiB:.0f} MiB")
+        assert peak - before < 50 * MiB, (before, peak)
+        r = httpx.post(url, json={"input": legit}, timeout=60)
+        assert r.status_code == 413 and "tokens" in r.json()["error"]["message"], r.text
