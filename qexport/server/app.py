@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import queue
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -240,6 +240,8 @@ class Service:
             vectors: np.ndarray = job.future.result()
         except FloatingPointError as exc:
             return error_response(500, str(exc))
+        except RuntimeError as exc:  # the batcher stopped while the request was in flight
+            raise ApiError(503, str(exc), reason="batcher_down") from None
         return _encode(vectors, req.encoding_format, self.name, job.tokens)
 
 

@@ -128,6 +128,7 @@ class Batcher:
         for t in self._threads:
             t.join(timeout=30)
         self._threads = []
+        self._fail_pending("the server is shutting down")
 
     def pause(self, paused: bool = True) -> None:
         """Hold (or release) every forward pass; requests stay in flight meanwhile."""
@@ -256,12 +257,14 @@ class Batcher:
                             self._long = False
         except BaseException as exc:  # a dead batcher must be visible: /health turns 503
             log.exception("the batcher stopped")
-            with self._cond:
-                self.error = f"{type(exc).__name__}: {exc}"
-                for job in self._active + self._incoming:
-                    self._finish(job, None, RuntimeError(f"the batcher stopped: {self.error}"))
-                self._active, self._incoming = [], []
-            raise
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._fail_pending(f"the batcher stopped: {self.error}")
+
+    def _fail_pending(self, why: str) -> None:
+        with self._cond:
+            for job in self._active + self._incoming:
+                self._finish(job, None, RuntimeError(why))
+            self._active, self._incoming = [], []
 
     def _run(self, rows: Rows) -> None:
         emb = self.embedder
