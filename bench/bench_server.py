@@ -102,24 +102,58 @@ def load(base: str, texts: list[str], want: np.ndarray, clients: int, secure: bo
             "p95_ms": 1000 * float(np.percentile(lat, 95)), "n": len(texts)}  # fmt: skip
 
 
-def offline(artifact: str, texts: list[str], rows: int) -> tuple[dict, dict, np.ndarray]:
+class Offline:
     """Embedder.embed on all texts in one call, and in calls of `rows` texts (the most one
-    forward pass of the server can hold when `rows` clients send one text each)."""
-    from qexport.runtime import Embedder
+    forward pass of the server holds when `rows` clients send one text each)."""
 
-    emb = Embedder(artifact, device="cpu")
-    emb.embed(texts[:32])
-    tokens = sum(len(r) for r in emb.tokenize(texts)[0])
-    start = time.perf_counter()
-    vecs = emb.embed(texts)
-    wall = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(0, len(texts), rows):
-        emb.embed(texts[i : i + rows])
-    wall_rows = time.perf_counter() - start
-    whole = {"tokens_per_s": tokens / wall, "p50_ms": None, "p95_ms": None, "n": len(texts)}
-    chunked = {**whole, "tokens_per_s": tokens / wall_rows}
-    return whole, chunked, vecs
+    def __init__(self, artifact: str, texts: list[str], rows: int) -> None:
+        from qexport.runtime import Embedder
+
+        self.emb = Embedder(artifact, device="cpu")
+        self.texts, self.rows = texts, rows
+        self.tokens = sum(len(r) for r in self.emb.tokenize(texts)[0])
+        self.vectors = self.emb.embed(texts)  # also the warm-up
+
+    def whole(self) -> dict:
+        start = time.perf_counter()
+        self.emb.embed(self.texts)
+        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts)}
+
+    def chunked(self) -> dict:
+        start = time.perf_counter()
+        for i in range(0, len(self.texts), self.rows):
+            self.emb.embed(self.texts[i : i + self.rows])
+        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts)}
+
+
+def measure(artifact: str, name: str, texts: list[str], clients: int, repeats: int) -> list[dict]:
+    """Every setting once per round, rounds repeated, best of each kept: load drift on a
+    shared machine hits every setting alike."""
+    off = Offline(artifact, texts, clients)
+    want = off.vectors
+    ports = {secure: free_port() for secure in (False, True)}
+    procs = {secure: start_server(artifact, ports[secure], secure) for secure in ports}
+    runs: dict[str, list[dict]] = {}
+    try:
+        for secure, port in ports.items():  # warm-up
+            load(f"http://127.0.0.1:{port}", texts[:64], want[:64], clients, secure)
+        for _ in range(repeats):
+            runs.setdefault("offline Embedder.embed", []).append(off.whole())
+            runs.setdefault(f"offline, {clients} texts per call", []).append(off.chunked())
+            for secure, port in ports.items():
+                mode = "serve, auth + metrics" if secure else "serve, no auth, no metrics"
+                url = f"http://127.0.0.1:{port}"
+                runs.setdefault(mode, []).append(load(url, texts, want, clients, secure))
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    best = {mode: max(rs, key=lambda r: r["tokens_per_s"]) for mode, rs in runs.items()}
+    base = best["offline Embedder.embed"]["tokens_per_s"]
+    return [
+        {"texts": name, "mode": mode, **row, "vs_offline": row["tokens_per_s"] / base}
+        for mode, row in best.items()
+    ]
 
 
 def main() -> None:
@@ -127,38 +161,14 @@ def main() -> None:
     p.add_argument("--artifact", required=True)
     p.add_argument("--docs", type=int, default=800, help="SciFact documents (first N)")
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=2, help="server runs per setting (best kept)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of every setting (best kept)")
     p.add_argument("--only", choices=("documents", "queries"), default=None)
     args = p.parse_args()
     sets = scifact(args.docs)
     rows = []
     for name, texts in sets.items():
-        if args.only not in (None, name):
-            continue
-        base_row, chunked, want = offline(args.artifact, texts, args.clients)
-        rows.append({"texts": name, "mode": "offline Embedder.embed", **base_row})
-        rows.append({"texts": name, "mode": f"offline, {args.clients} texts per call", **chunked,
-                     "vs_offline": chunked["tokens_per_s"] / base_row["tokens_per_s"]})  # fmt: skip
-        ports = {secure: free_port() for secure in (False, True)}
-        procs = {secure: start_server(args.artifact, ports[secure], secure) for secure in ports}
-        runs: dict[bool, list[dict]] = {False: [], True: []}
-        try:
-            for r in range(args.repeats + 1):  # alternate off/on so that load drift hits both
-                for secure, port in ports.items():
-                    url = f"http://127.0.0.1:{port}"
-                    if r == 0:  # warm-up
-                        load(url, texts[:64], want[:64], args.clients, secure)
-                    else:
-                        runs[secure].append(load(url, texts, want, args.clients, secure))
-        finally:
-            for proc in procs.values():
-                proc.terminate()
-                proc.wait(timeout=30)
-        for secure in (False, True):
-            best = max(runs[secure], key=lambda r: r["tokens_per_s"])
-            mode = "serve, auth + metrics" if secure else "serve, no auth, no metrics"
-            rows.append({"texts": name, "mode": mode, **best,
-                         "vs_offline": best["tokens_per_s"] / base_row["tokens_per_s"]})  # fmt: skip
+        if args.only in (None, name):
+            rows += measure(args.artifact, name, texts, args.clients, args.repeats)
     keys = ["texts", "n", "mode", "tokens_per_s", "p50_ms", "p95_ms", "vs_offline"]
     print(f"one text per request, {args.clients} concurrent clients, best of {args.repeats}")
     print("versions: " + ", ".join(f"{m} {_version(m)}" for m in VERSIONED))

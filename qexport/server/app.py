@@ -226,18 +226,21 @@ class Service:
             )
         finally:
             watcher.cancel()
+        late = ApiError(
+            504,
+            f"request not answered within {cfg.request_timeout_s:g} s; retry later",
+            reason="deadline",
+        )
         if job.future not in done:
             self.batcher.cancel(job)
             if watcher in done:  # nobody is listening any more
                 self.metrics.refuse("client_disconnected")
                 return Response(status_code=499)
-            raise ApiError(
-                504,
-                f"request not answered within {cfg.request_timeout_s:g} s; retry later",
-                reason="deadline",
-            )
+            raise late
         try:
             vectors: np.ndarray = job.future.result()
+        except TimeoutError:  # the batcher dropped it at the deadline first
+            raise late from None
         except FloatingPointError as exc:
             return error_response(500, str(exc))
         except RuntimeError as exc:  # the batcher stopped while the request was in flight
