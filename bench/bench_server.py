@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
@@ -75,7 +76,17 @@ def start_server(artifact: str, port: int, secure: bool) -> subprocess.Popen:
     raise RuntimeError("server did not start")
 
 
-def load(base: str, texts: list[str], want: np.ndarray, clients: int, secure: bool) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(base: str, texts: list[str], want: np.ndarray, clients: int, secure: bool,
+         server_pid: int = 0) -> dict:  # fmt: skip
     """Each text once, one per request, `clients` threads pulling from a shared index."""
     headers = {"Authorization": f"Bearer {KEY}"} if secure else {}
     order = iter(range(len(texts)))
@@ -95,15 +106,19 @@ def load(base: str, texts: list[str], want: np.ndarray, clients: int, secure: bo
                 tokens[i] = body["usage"]["prompt_tokens"]
 
     before = httpx.get(f"{base}/health", timeout=10).json()
+    cpu0, own0 = cpu_seconds(server_pid), time.process_time()
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     wall = time.perf_counter() - start
+    cpu1, own1 = cpu_seconds(server_pid), time.process_time()
     after = httpx.get(f"{base}/health", timeout=10).json()
     passes = after["batches"] - before["batches"]
     return {"tokens_per_s": sum(tokens) / wall, "p50_ms": 1000 * statistics.median(lat),
             "p95_ms": 1000 * float(np.percentile(lat, 95)), "n": len(texts),
-            "texts_per_pass": len(texts) / max(passes, 1)}  # fmt: skip
+            "texts_per_pass": len(texts) / max(passes, 1),
+            "server_cpu_ms_per_text": 1000 * (cpu1 - cpu0) / len(texts),
+            "client_cpu_ms_per_text": 1000 * (own1 - own0) / len(texts)}  # fmt: skip
 
 
 class Offline:
@@ -119,15 +134,17 @@ class Offline:
         self.vectors = self.emb.embed(texts)  # also the warm-up
 
     def whole(self) -> dict:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         self.emb.embed(self.texts)
-        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts)}
+        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts),
+                "server_cpu_ms_per_text": 1000 * (time.process_time() - cpu) / len(self.texts)}  # fmt: skip
 
     def chunked(self) -> dict:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(self.texts), self.rows):
             self.emb.embed(self.texts[i : i + self.rows])
-        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts)}
+        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts),
+                "server_cpu_ms_per_text": 1000 * (time.process_time() - cpu) / len(self.texts)}  # fmt: skip
 
 
 def measure(artifact: str, name: str, texts: list[str], clients: int, repeats: int) -> list[dict]:
@@ -147,7 +164,8 @@ def measure(artifact: str, name: str, texts: list[str], clients: int, repeats: i
             for secure, port in ports.items():
                 mode = "serve, auth + metrics" if secure else "serve, no auth, no metrics"
                 url = f"http://127.0.0.1:{port}"
-                runs.setdefault(mode, []).append(load(url, texts, want, clients, secure))
+                row = load(url, texts, want, clients, secure, procs[secure].pid)
+                runs.setdefault(mode, []).append(row)
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -168,13 +186,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds of every setting (best kept)")
     p.add_argument("--only", choices=("documents", "queries"), default=None)
     args = p.parse_args()
+    warnings.filterwarnings("ignore", message=r".*longer than max_length")  # documents > 256
     sets = scifact(args.docs)
     rows = []
     for name, texts in sets.items():
         if args.only in (None, name):
             rows += measure(args.artifact, name, texts, args.clients, args.repeats)
     keys = ["texts", "n", "mode", "tokens_per_s", "p50_ms", "p95_ms", "texts_per_pass",
-            "vs_offline"]  # fmt: skip
+            "server_cpu_ms_per_text", "client_cpu_ms_per_text", "vs_offline"]  # fmt: skip
     print(f"one text per request, {args.clients} concurrent clients, best of {args.repeats}")
     print("versions: " + ", ".join(f"{m} {_version(m)}" for m in VERSIONED))
     print("| " + " | ".join(keys) + " |\n|" + " --- |" * len(keys))
