@@ -71,18 +71,18 @@ def test_small_requests_are_not_held_by_long_rows(emb):
           f"p50 {1000 * np.median(latencies):.0f} ms, max {1000 * max(latencies):.0f} ms")  # fmt: skip
     assert len(latencies) >= 3
     # each long pass alone takes ~big_done / 2: small requests waited far less than one
-    assert max(latencies) < min(1.0, big_done / 4), (latencies, big_done)
+    assert max(latencies) < min(2.0, big_done / 4), (latencies, big_done)
 
 
 def test_expired_and_abandoned_requests_are_dropped_before_running(emb):
-    app = create_app(emb, ServerConfig(max_wait_ms=0, request_timeout_s=0.5))
+    app = create_app(emb, ServerConfig(max_wait_ms=0, request_timeout_s=1.0))
     batcher = app.state.batcher
     with serving(app) as base:
         batcher.pause()
         r, _ = post(base, ["too late"])
         assert r.status_code == 504, r.text
         assert r.json()["error"]["type"] == "timeout"
-        assert "not answered within 0.5 s" in r.json()["error"]["message"]
+        assert "not answered within 1 s" in r.json()["error"]["message"]
         with pytest.raises(httpx.ReadTimeout):  # the client gives up
             httpx.post(f"{base}/v1/embeddings", json={"input": "bye"}, timeout=0.2)
         wait_until(
