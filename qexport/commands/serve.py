@@ -35,7 +35,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip checking the artifact's sha256 checksums at load",
     )
-    s.add_argument("--no-metrics", action="store_true", help="no GET /metrics, no counters")
+    s.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="no GET /metrics route, no per-request metrics middleware",
+    )
     s.add_argument(
         "--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass"
     )
