@@ -1,11 +1,13 @@
-"""`qexport serve` under load on loopback: p50/p95 latency and throughput for 1..N concurrent
-clients, each sending requests of a few SciFact queries (short texts, as in search).
+"""`qexport serve` under the model card's serving protocol on loopback: one text per request,
+16 concurrent clients, on SciFact documents and on SciFact queries; tokens/s and p50/p95
+latency, next to the offline `Embedder.embed` on the same texts (one call, token-budget
+batches), and with auth + metrics on vs off.
 
-    python bench/bench_server.py --artifact /tmp/minilm --clients 1 4 16 --requests 40
+    python bench/bench_server.py --artifact /tmp/minilm --docs 800 --clients 16
 
-The server runs as a real `qexport serve` subprocess; clients are threads with their own
-httpx connection. For context, the same requests sent straight to Embedder.embed (no HTTP, one
-at a time) are timed too. Every response is checked (shape, finite, unit norm).
+The server is a real `qexport serve` subprocess; clients are threads, each with its own httpx
+connection. Every response is checked (one finite unit-norm vector, the Embedder's to 1e-4).
+Tokens are the server's own `usage.prompt_tokens` (the same count the Embedder feeds).
 """
 
 from __future__ import annotations
@@ -18,18 +20,34 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("QEXPORT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+KEY = "bench-key"
+VERSIONED = ("onnxruntime", "tokenizers", "fastapi", "uvicorn", "h11", "httpx", "prometheus-client")
 
 
-def queries() -> list[str]:
-    with open(SHARED / "data" / "scifact" / "queries.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh]
+def _version(dist: str) -> str:
+    if dist == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    return version(dist)
+
+
+def scifact(docs: int) -> dict[str, list[str]]:
+    folder = SHARED / "data" / "scifact"
+    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
+        corpus = [json.loads(line) for line in fh][:docs]
+    with open(folder / "queries.jsonl", encoding="utf-8") as fh:
+        queries = [json.loads(line)["text"] for line in fh]
+    return {"documents": [f"{d['title']} {d['text']}".strip() for d in corpus], "queries": queries}
 
 
 def free_port() -> int:
@@ -38,11 +56,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifact: str, port: int, max_wait_ms: float) -> subprocess.Popen:
+def start_server(artifact: str, port: int, secure: bool) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "qexport.cli", "-q", "serve", artifact, "--device", "cpu",
-           "--port", str(port), "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
+           "--port", str(port)]  # fmt: skip
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if secure:
+        env["QEXPORT_API_KEY"] = KEY
+    else:
+        cmd.append("--no-metrics")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -54,84 +76,132 @@ def start_server(artifact: str, port: int, max_wait_ms: float) -> subprocess.Pop
     raise RuntimeError("server did not start")
 
 
-def load(base: str, clients: int, requests: int, per_request: int, qs: list[str]) -> dict:
-    def client(seed: int) -> list[float]:
-        rng = np.random.default_rng(seed)
-        lat = []
-        with httpx.Client(base_url=base, timeout=120) as http:
-            for _ in range(requests):
-                batch = [qs[i] for i in rng.choice(len(qs), per_request, replace=False)]
-                t0 = time.perf_counter()
-                r = http.post("/v1/embeddings", json={"input": batch, "model": "m"})
-                lat.append(time.perf_counter() - t0)
-                r.raise_for_status()
-                v = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
-                assert v.shape[0] == per_request and np.isfinite(v).all()
-                assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
-        return lat
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    before = httpx.get(f"{base}/health").json()
+
+def load(base: str, texts: list[str], want: np.ndarray, clients: int, secure: bool,
+         server_pid: int = 0) -> dict:  # fmt: skip
+    """Each text once, one per request, `clients` threads pulling from a shared index."""
+    headers = {"Authorization": f"Bearer {KEY}"} if secure else {}
+    order = iter(range(len(texts)))
+    lat = [0.0] * len(texts)
+    tokens = [0] * len(texts)
+
+    def client(_: int) -> None:
+        with httpx.Client(base_url=base, timeout=120, headers=headers) as http:
+            for i in order:  # next() on a shared iterator is atomic under the GIL
+                t0 = time.perf_counter()
+                r = http.post("/v1/embeddings", json={"input": texts[i], "model": "m"})
+                lat[i] = time.perf_counter() - t0
+                r.raise_for_status()
+                body = r.json()
+                v = np.asarray(body["data"][0]["embedding"], dtype=np.float32)
+                assert np.isfinite(v).all() and np.allclose(v, want[i], atol=1e-4), i
+                tokens[i] = body["usage"]["prompt_tokens"]
+
+    before = httpx.get(f"{base}/health", timeout=10).json()
+    cpu0, own0 = cpu_seconds(server_pid), time.process_time()
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        lats = [x for lat in pool.map(client, range(clients)) for x in lat]
+        list(pool.map(client, range(clients)))
     wall = time.perf_counter() - start
-    after = httpx.get(f"{base}/health").json()
-    n = clients * requests
-    batches = after["batches"] - before["batches"]
-    return {"clients": clients, "requests": n, "p50_ms": 1000 * statistics.median(lats),
-            "p95_ms": 1000 * float(np.percentile(lats, 95)), "req_per_s": n / wall,
-            "texts_per_s": n * per_request / wall, "requests_per_forward": n / max(batches, 1)}  # fmt: skip
+    cpu1, own1 = cpu_seconds(server_pid), time.process_time()
+    after = httpx.get(f"{base}/health", timeout=10).json()
+    passes = after["batches"] - before["batches"]
+    return {"tokens_per_s": sum(tokens) / wall, "p50_ms": 1000 * statistics.median(lat),
+            "p95_ms": 1000 * float(np.percentile(lat, 95)), "n": len(texts),
+            "texts_per_pass": len(texts) / max(passes, 1),
+            "server_cpu_ms_per_text": 1000 * (cpu1 - cpu0) / len(texts),
+            "client_cpu_ms_per_text": 1000 * (own1 - own0) / len(texts)}  # fmt: skip
 
 
-def direct(artifact: str, requests: int, per_request: int, qs: list[str]) -> dict:
-    from qexport.runtime import Embedder
+class Offline:
+    """Embedder.embed on all texts in one call, and in calls of `rows` texts (the most one
+    forward pass of the server holds when `rows` clients send one text each)."""
 
-    emb = Embedder(artifact, device="cpu")
-    rng = np.random.default_rng(0)
-    emb.embed(qs[:per_request])
-    lat = []
-    start = time.perf_counter()
-    for _ in range(requests):
-        batch = [qs[i] for i in rng.choice(len(qs), per_request, replace=False)]
-        t0 = time.perf_counter()
-        emb.embed(batch)
-        lat.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - start
-    return {"clients": "Embedder.embed, no HTTP", "requests": requests,
-            "p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * float(np.percentile(lat, 95)),
-            "req_per_s": requests / wall, "texts_per_s": requests * per_request / wall,
-            "requests_per_forward": 1.0}  # fmt: skip
+    def __init__(self, artifact: str, texts: list[str], rows: int) -> None:
+        from qexport.runtime import Embedder
+
+        self.emb = Embedder(artifact, device="cpu")
+        self.texts, self.rows = texts, rows
+        self.tokens = sum(len(r) for r in self.emb.tokenize(texts)[0])
+        self.vectors = self.emb.embed(texts)  # also the warm-up
+
+    def whole(self) -> dict:
+        start, cpu = time.perf_counter(), time.process_time()
+        self.emb.embed(self.texts)
+        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts),
+                "server_cpu_ms_per_text": 1000 * (time.process_time() - cpu) / len(self.texts)}  # fmt: skip
+
+    def chunked(self) -> dict:
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(self.texts), self.rows):
+            self.emb.embed(self.texts[i : i + self.rows])
+        return {"tokens_per_s": self.tokens / (time.perf_counter() - start), "n": len(self.texts),
+                "server_cpu_ms_per_text": 1000 * (time.process_time() - cpu) / len(self.texts)}  # fmt: skip
+
+
+def measure(artifact: str, name: str, texts: list[str], clients: int, repeats: int) -> list[dict]:
+    """Every setting once per round, rounds repeated, best of each kept: load drift on a
+    shared machine hits every setting alike."""
+    off = Offline(artifact, texts, clients)
+    want = off.vectors
+    ports = {secure: free_port() for secure in (False, True)}
+    procs = {secure: start_server(artifact, ports[secure], secure) for secure in ports}
+    runs: dict[str, list[dict]] = {}
+    try:
+        for secure, port in ports.items():  # warm-up
+            load(f"http://127.0.0.1:{port}", texts[:64], want[:64], clients, secure)
+        for _ in range(repeats):
+            runs.setdefault("offline Embedder.embed", []).append(off.whole())
+            runs.setdefault(f"offline, {clients} texts per call", []).append(off.chunked())
+            for secure, port in ports.items():
+                mode = "serve, auth + metrics" if secure else "serve, no auth, no metrics"
+                url = f"http://127.0.0.1:{port}"
+                row = load(url, texts, want, clients, secure, procs[secure].pid)
+                runs.setdefault(mode, []).append(row)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    best = {mode: max(rs, key=lambda r: r["tokens_per_s"]) for mode, rs in runs.items()}
+    base = best["offline Embedder.embed"]["tokens_per_s"]
+    return [
+        {"texts": name, "mode": mode, **row, "vs_offline": row["tokens_per_s"] / base}
+        for mode, row in best.items()
+    ]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--artifact", required=True)
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=40, help="per client")
-    p.add_argument("--per-request", type=int, default=4, help="texts per request")
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--docs", type=int, default=800, help="SciFact documents (first N)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of every setting (best kept)")
+    p.add_argument("--only", choices=("documents", "queries"), default=None)
     args = p.parse_args()
-    qs = queries()
-    rows = [direct(args.artifact, args.requests, args.per_request, qs)]
-    port = free_port()
-    proc = start_server(args.artifact, port, args.max_wait_ms)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        load(base, 2, 5, args.per_request, qs)  # warm-up
-        for c in args.clients:
-            rows.append(load(base, c, args.requests, args.per_request, qs))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    keys = list(rows[0])
-    print(f"{args.per_request} SciFact queries per request, max wait {args.max_wait_ms} ms")
+    warnings.filterwarnings("ignore", message=r".*longer than max_length")  # documents > 256
+    sets = scifact(args.docs)
+    rows = []
+    for name, texts in sets.items():
+        if args.only in (None, name):
+            rows += measure(args.artifact, name, texts, args.clients, args.repeats)
+    keys = ["texts", "n", "mode", "tokens_per_s", "p50_ms", "p95_ms", "texts_per_pass",
+            "server_cpu_ms_per_text", "client_cpu_ms_per_text", "vs_offline"]  # fmt: skip
+    print(f"one text per request, {args.clients} concurrent clients, best of {args.repeats}")
+    print("versions: " + ", ".join(f"{m} {_version(m)}" for m in VERSIONED))
     print("| " + " | ".join(keys) + " |\n|" + " --- |" * len(keys))
     for r in rows:
-        print(
-            "| "
-            + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values())
-            + " |"
-        )
+        cells = [r.get(k) for k in keys]
+        print("| " + " | ".join(
+            "" if v is None else f"{v:,.2f}" if isinstance(v, float) and v < 10 else
+            f"{v:,.0f}" if isinstance(v, float) else str(v) for v in cells) + " |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,22 +4,42 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import os
+import sys
 
 from .errors import UsageError
 
 SERVE_HINT = 'qexport serve needs FastAPI and uvicorn: pip install "qexport[serve]"'
+KEY_ENV = "QEXPORT_API_KEY"
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve",
-        help="serve POST /v1/embeddings (OpenAI-compatible) and GET /health",
+        help="serve POST /v1/embeddings (OpenAI-compatible), GET /health and GET /metrics",
     )
     s.add_argument("artifact", help="artifact folder")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--model-name", default=None, help="name in responses (default: folder name)")
+    s.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on every route but /health "
+        f"(default: ${KEY_ENV}; none: no auth)",
+    )
+    s.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip checking the artifact's sha256 checksums at load",
+    )
+    s.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="no GET /metrics route, no per-request metrics middleware",
+    )
     s.add_argument(
         "--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass"
     )
@@ -30,35 +50,93 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="how long the batcher waits for more requests (default 5 ms)",
     )
     s.add_argument(
-        "--max-queue", type=int, default=256, help="requests waiting before 503 (default 256)"
+        "--max-queue", type=int, default=256, help="requests in flight before 503 (default 256)"
     )
     s.add_argument("--max-items", type=int, default=2048, help="inputs per request at most")
     s.add_argument(
         "--max-request-tokens", type=int, default=1_000_000, help="tokens per request at most"
     )
+    s.add_argument(
+        "--max-body-bytes", type=int, default=64 << 20, help="request body bytes (default 64 MiB)"
+    )
+    s.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=300.0,
+        help="answer within this many seconds or 504 (default 300)",
+    )
+    s.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=30.0,
+        help="request head and body must arrive within this many seconds (default 30)",
+    )
+    s.add_argument(
+        "--max-connections", type=int, default=1024, help="open connections at most (default 1024)"
+    )
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    for name in ("max_batch_tokens", "max_connections"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if not (math.isfinite(args.read_timeout_s) and 0 < args.read_timeout_s <= 86_400):
+        raise UsageError(f"--read-timeout-s must be in (0, 86400], got {args.read_timeout_s}")
 
 
 def run(args: argparse.Namespace) -> int:
-    if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn")):
+    if any(
+        importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "prometheus_client")
+    ):
         raise UsageError(SERVE_HINT)
-    for name in ("max_batch_tokens", "max_queue", "max_items", "max_request_tokens"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.max_wait_ms < 0:
-        raise UsageError("--max-wait-ms must be >= 0")
-    import uvicorn
+    _check(args)
+    from ..server.config import ServerConfig
+    from ..server.run import bind, exposure_warning, serve
 
-    from ..runtime import Embedder
-    from ..server.app import ServerConfig, create_app
-
-    embedder = Embedder(args.artifact, device=args.device, max_batch_tokens=args.max_batch_tokens)
     config = ServerConfig(
         model_name=args.model_name,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_items=args.max_items,
         max_request_tokens=args.max_request_tokens,
+        max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key if args.api_key is not None else os.environ.get(KEY_ENV) or None,
+        request_timeout_s=args.request_timeout_s,
+        read_timeout_s=args.read_timeout_s,
+        metrics=not args.no_metrics,
     )
-    app = create_app(embedder, config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    try:
+        config.check()
+    except ValueError as exc:  # name the option as the user typed it
+        name = str(exc).split(" ", 1)[0]
+        raise UsageError(f"--{name.replace('_', '-')} {str(exc).split(' ', 1)[1]}") from None
+    sock = bind(args.host, args.port)  # before loading: a port in use fails fast
+    try:
+        from ..runtime import Embedder
+        from ..server.app import create_app
+
+        try:
+            embedder = Embedder(
+                args.artifact,
+                device=args.device,
+                max_batch_tokens=args.max_batch_tokens,
+                verify=not args.no_verify,
+            )
+        except (TypeError, AttributeError) as exc:
+            raise UsageError(f"{args.artifact}: malformed artifact or manifest ({exc})") from None
+        warning = exposure_warning(args.host, sock.getsockname()[0], config.api_key)
+        if warning:
+            print(warning, file=sys.stderr)
+        app = create_app(embedder, config)
+        serve(
+            app,
+            sock,
+            header_timeout_s=args.read_timeout_s,
+            max_connections=args.max_connections,
+            log_level="warning" if args.quiet else "info",
+        )
+    finally:
+        sock.close()
     return 0

@@ -1,18 +1,29 @@
-"""The background batcher: requests from concurrent clients share forward passes.
+"""The background batcher: requests from concurrent clients share forward passes, and long
+requests are cut into token-budget slices scheduled fairly with the others.
 
-Handlers tokenise their input, then `submit` a Job to a bounded queue (full -> `queue.Full`,
-which the app answers with 503). One worker thread takes a job, gathers every job already
-waiting plus those arriving within `max_wait_s`, up to `max_batch_tokens` tokens, runs them
-through the Embedder's token-budget batches, and hands each request its rows.
+Handlers tokenise their input, then `submit` a Job (at most `max_queue` requests in flight,
+else `queue.Full`, which the app answers with 503). The main worker gathers what arrives
+within `max_wait_s`, then repeatedly plans one forward pass of at most `max_batch_tokens`
+padded tokens: the jobs that have been served the fewest tokens go first, each giving its
+rows shortest first. A request of many rows is thus sliced across passes, and a request that
+arrives meanwhile is in the next pass.
+
+One row is one forward pass at most; a 32k-token row runs for seconds. While the main worker
+runs a pass wider than `long_row_tokens`, a second worker runs passes made only of short rows,
+so small requests are not stuck behind it (the two share the CPU). Jobs whose client went away
+or whose deadline passed are dropped before their next pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,24 +32,40 @@ import numpy as np
 from ..runtime import Embedder
 
 log = logging.getLogger("qexport")
-_STOP = object()
+_seq = itertools.count()
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     ids: list[list[int]]
     type_ids: list[list[int]]
     dim: int | None
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
+    deadline: float = math.inf  # time.monotonic() after which the job is dropped
+    cancelled: bool = False  # set by the handler when the client disconnected or timed out
     tokens: int = field(init=False)
+    # scheduler state (under Batcher._cond)
+    order: list[int] = field(init=False)  # row indices, shortest first
+    next: int = field(init=False, default=0)  # position in `order` of the next row to plan
+    left: int = field(init=False)  # rows not computed yet
+    served: int = field(init=False, default=0)  # tokens planned so far
+    done: bool = field(init=False, default=False)
+    seq: int = field(init=False)
+    out: np.ndarray | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.tokens = sum(len(r) for r in self.ids)
+        self.order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
+        self.left = len(self.ids)
+        self.seq = next(_seq)
+
+
+Rows = list[tuple[Job, int]]
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if fut.done():  # the client went away
+    if fut.done():  # the client went away or the handler timed out
         return
     if error is not None:
         fut.set_exception(error)
@@ -48,87 +75,226 @@ def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) 
 
 class Batcher:
     def __init__(
-        self, embedder: Embedder, *, max_wait_s: float, max_queue: int, max_batch_tokens: int
+        self,
+        embedder: Embedder,
+        *,
+        max_wait_s: float,
+        max_queue: int,
+        max_batch_tokens: int,
+        long_row_tokens: int = 1024,
+        on_batch: Callable[[int, int], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
+        if not (math.isfinite(max_wait_s) and max_wait_s >= 0):
+            raise ValueError(f"max_wait_s must be finite and >= 0, got {max_wait_s}")
+        if max_queue < 1 or max_batch_tokens < 1 or long_row_tokens < 1:
+            raise ValueError("max_queue, max_batch_tokens and long_row_tokens must be >= 1")
         self.embedder = embedder
         self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
         self.max_batch_tokens = max_batch_tokens
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
-        self.requests = 0
-        self.batches = 0
-        self._thread: threading.Thread | None = None
+        self.long_row_tokens = long_row_tokens
+        self.on_batch = on_batch or (lambda rows, tokens: None)
+        self.on_drop = on_drop or (lambda reason: None)
+        self.requests = 0  # requests answered
+        self.batches = 0  # forward passes run
+        self.error: str | None = None  # why the batcher died
+        self._cond = threading.Condition()
+        self._incoming: list[Job] = []
+        self._active: list[Job] = []
+        self._inflight = 0
+        self._gather_until: float | None = None
+        self._long = False  # the main worker runs a long pass
+        self._paused = False
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+
+    # -- control ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="qexport-batcher", daemon=True)
-        self._thread.start()
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._worker, args=(False,), name="qexport-batcher"),
+            threading.Thread(target=self._worker, args=(True,), name="qexport-batcher-short"),
+        ]
+        for t in self._threads:
+            t.daemon = True
+            t.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self.queue.put(_STOP)
-            self._thread.join(timeout=30)
-            self._thread = None
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=30)
+        self._threads = []
+        self._fail_pending("the server is shutting down")
+
+    def pause(self, paused: bool = True) -> None:
+        """Hold (or release) every forward pass; requests stay in flight meanwhile."""
+        with self._cond:
+            self._paused = paused
+            self._cond.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self.error is None and bool(self._threads) and all(t.is_alive() for t in self._threads)
+        )
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
 
     def submit(self, job: Job) -> None:
-        """Queue a job; raises queue.Full when the queue is at its bound."""
-        self.queue.put_nowait(job)
+        """Queue a job; queue.Full when `max_queue` requests are in flight, RuntimeError when
+        the batcher is not running."""
+        with self._cond:
+            if not self.alive:
+                raise RuntimeError(f"the batcher is not running ({self.error or 'stopped'})")
+            if self._inflight >= self.max_queue:
+                raise queue.Full
+            self._inflight += 1
+            self._incoming.append(job)
+            self._cond.notify_all()
 
-    def _gather(self, first: Job) -> tuple[list[Job], bool]:
-        jobs, tokens, stop = [first], first.tokens, False
-        deadline = time.monotonic() + self.max_wait_s
-        while tokens < self.max_batch_tokens:
-            try:  # everything already waiting, then what arrives before the deadline
-                nxt = self.queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = self.queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            if nxt is _STOP:
-                stop = True
-                break
-            jobs.append(nxt)
-            tokens += nxt.tokens
-        return jobs, stop
+    def cancel(self, job: Job) -> None:
+        """Drop a job before its next forward pass (client gone, deadline passed)."""
+        with self._cond:
+            job.cancelled = True
+            self._cond.notify_all()
 
-    def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is _STOP:
-                return
-            jobs, stop = self._gather(first)
-            self._run(jobs)
-            if stop:
-                return
-
-    def _run(self, jobs: list[Job]) -> None:
-        emb = self.embedder
-        try:
-            ids = [r for j in jobs for r in j.ids]
-            type_ids = [r for j in jobs for r in j.type_ids]
-            out = emb.run_prepared(emb.prepare(ids, type_ids, batch_size=self.max_batch_tokens))
-        except Exception as exc:
-            if len(jobs) > 1:  # isolate the request that failed (e.g. NaN) from the others
-                for job in jobs:
-                    self._run([job])
-                return
-            self._finish(jobs[0], None, exc)
-            return
-        self.batches += 1
-        start = 0
-        for job in jobs:
-            rows = out[start : start + len(job.ids)]
-            start += len(job.ids)
-            try:
-                self._finish(job, emb.truncate_dim(rows, job.dim), None)
-            except Exception as exc:
-                self._finish(job, None, exc)
+    # -- scheduling (under self._cond) --------------------------------------------------------
 
     def _finish(self, job: Job, value: Any, error: BaseException | None) -> None:
+        if job.done:
+            return
+        job.done = True
+        self._inflight -= 1
         self.requests += 1
         try:
             job.loop.call_soon_threadsafe(_resolve, job.future, value, error)
         except RuntimeError:  # the event loop is closed (shutdown)
             log.debug("dropped a result: event loop closed")
+
+    def _admit(self) -> None:
+        if self._incoming:
+            if not self._active:
+                self._gather_until = time.monotonic() + self.max_wait_s
+            self._active += self._incoming
+            self._incoming = []
+        now = time.monotonic()
+        keep = []
+        for job in self._active:
+            if job.done:
+                continue
+            if job.cancelled or now >= job.deadline:
+                reason = "client_disconnected" if job.cancelled else "deadline"
+                self.on_drop(reason)
+                self._finish(job, None, TimeoutError("request dropped: " + reason))
+                continue
+            keep.append(job)
+        self._active = keep
+
+    def _plan(self, short_only: bool) -> Rows:
+        rows: Rows = []
+        budget, width = self.max_batch_tokens, 0
+        for job in sorted(self._active, key=lambda j: (j.served, j.seq)):
+            while job.next < len(job.order):
+                r = job.order[job.next]
+                n = len(job.ids[r])
+                w = max(width, n)
+                if (short_only and n > self.long_row_tokens) or (
+                    rows and (len(rows) + 1) * w > budget
+                ):
+                    break
+                rows.append((job, r))
+                width, job.next, job.served = w, job.next + 1, job.served + n
+            if len(rows) * width >= budget:
+                break
+        return rows
+
+    def _wait_time(self, short_only: bool) -> float | None:
+        """Seconds to wait before planning (None: forever), or 0 to plan now."""
+        if self._paused or not self._active:
+            return None
+        if short_only:
+            return 0 if self._long else None
+        if self._gather_until is not None:
+            pending = sum(len(j.ids[r]) for j in self._active for r in j.order[j.next :])
+            left = self._gather_until - time.monotonic()
+            if pending < self.max_batch_tokens and left > 0:
+                return left
+            self._gather_until = None
+        return 0
+
+    def _next_rows(self, short_only: bool) -> Rows | None:
+        with self._cond:
+            while not self._stop:
+                self._admit()
+                wait = self._wait_time(short_only)
+                if wait == 0:
+                    rows = self._plan(short_only)
+                    if rows:
+                        if not short_only:
+                            self._long = max(len(j.ids[r]) for j, r in rows) > self.long_row_tokens
+                            self._cond.notify_all()
+                        return rows
+                    wait = None
+                self._cond.wait(wait)
+            return None
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _worker(self, short_only: bool) -> None:
+        try:
+            while (rows := self._next_rows(short_only)) is not None:
+                try:
+                    self._run(rows)
+                finally:
+                    if not short_only:
+                        with self._cond:
+                            self._long = False
+        except BaseException as exc:  # a dead batcher must be visible: /health turns 503
+            log.exception("the batcher stopped")
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._fail_pending(f"the batcher stopped: {self.error}")
+
+    def _fail_pending(self, why: str) -> None:
+        with self._cond:
+            for job in self._active + self._incoming:
+                self._finish(job, None, RuntimeError(why))
+            self._active, self._incoming = [], []
+
+    def _run(self, rows: Rows) -> None:
+        emb = self.embedder
+        ids = [j.ids[r] for j, r in rows]
+        type_ids = [j.type_ids[r] for j, r in rows]
+        try:
+            out = emb.run_prepared(emb.prepare(ids, type_ids, batch_size=len(ids)))
+        except Exception as exc:
+            jobs = list(dict.fromkeys(j for j, _ in rows))
+            if len(jobs) > 1:  # isolate the request that failed (e.g. NaN) from the others
+                for job in jobs:
+                    self._run([(j, r) for j, r in rows if j is job])
+                return
+            with self._cond:
+                self._finish(jobs[0], None, exc)
+            return
+        self.batches += 1
+        self.on_batch(len(rows), sum(len(r) for r in ids))
+        with self._cond:
+            for (job, r), vec in zip(rows, out, strict=True):
+                if job.out is None:
+                    job.out = np.empty((len(job.ids), out.shape[1]), dtype=np.float32)
+                job.out[r] = vec
+                job.left -= 1
+                if job.left == 0:
+                    self._complete(job)
+
+    def _complete(self, job: Job) -> None:
+        assert job.out is not None
+        try:
+            self._finish(job, self.embedder.truncate_dim(job.out, job.dim), None)
+        except Exception as exc:
+            self._finish(job, None, exc)

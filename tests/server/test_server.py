@@ -6,13 +6,7 @@ with concurrent clients loses nothing and batches requests together; a tiny queu
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import re
-import socket
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,19 +17,14 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from qexport.runtime import Embedder  # noqa: E402
 from qexport.server.app import ServerConfig, create_app  # noqa: E402
+from tests.server.conftest import qexport_serve, serving, wait_until  # noqa: E402
 from tests.texts import MIXED  # noqa: E402
 
 TEXTS = [*MIXED, *(f"request text number {i}: " + "word " * (i % 17) for i in range(24))]
-
-
-@pytest.fixture(scope="module")
-def emb(tiny_artifact):
-    return Embedder(tiny_artifact, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -46,59 +35,10 @@ def expected(emb):
     return {None: full, 32: small}
 
 
-@contextlib.contextmanager
-def serving(app):
-    """Run `app` with uvicorn in a thread on a free loopback port; yield the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_openai_client_against_qexport_serve(tiny_artifact, expected, tmp_path):
     openai = pytest.importorskip("openai")
-    port = _free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "qexport.cli", "-q", "serve", str(tiny_artifact)),
-            *("--device", "cpu", "--port", str(port), "--model-name", "tiny-test"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "qexport serve did not come up"
-            time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    with qexport_serve(tiny_artifact, tmp_path, "--model-name", "tiny-test") as srv:
+        client = openai.OpenAI(base_url=f"{srv.base}/v1", api_key="unused", max_retries=0)
         got = client.embeddings.create(model="tiny-test", input=TEXTS, encoding_format="float")
         assert got.model == "tiny-test"
         assert [d.index for d in got.data] == list(range(len(TEXTS)))
@@ -118,10 +58,6 @@ def test_openai_client_against_qexport_serve(tiny_artifact, expected, tmp_path):
 
         with pytest.raises(openai.BadRequestError, match="dimensions 100 is not allowed"):
             client.embeddings.create(model="tiny-test", input="x", dimensions=100)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.slow
@@ -158,26 +94,28 @@ def test_concurrent_clients_all_answered_correctly_and_batched(emb, expected):
 
 
 def test_full_queue_answers_503(emb):
+    """Deterministic: the batcher is paused, so the first request stays in flight and holds
+    the only slot; the second is refused; on resume the first is answered."""
     app = create_app(emb, ServerConfig(max_queue=1, max_wait_ms=0))
-    heavy = [" ".join(f"w{i}_{j}" for j in range(100)) for i in range(2)]
-    want = emb.embed(heavy[:2])
-    with serving(app) as base:
-
-        def post(_: int) -> httpx.Response:
-            with httpx.Client(base_url=base, timeout=120) as http:
-                return http.post("/v1/embeddings", json={"input": heavy * 8})
-
-        with ThreadPoolExecutor(12) as pool:
-            responses = list(pool.map(post, range(12)))
-    codes = [r.status_code for r in responses]
-    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
-    for r in responses:
-        if r.status_code == 503:
-            assert "server busy: 1 requests already waiting" in r.json()["error"]["message"]
-            assert r.headers["retry-after"] == "1"
-        else:
-            vecs = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
-            np.testing.assert_allclose(vecs[:2], want, atol=1e-5)
+    batcher = app.state.batcher
+    with serving(app) as base, ThreadPoolExecutor(1) as pool:
+        batcher.pause()
+        first = pool.submit(
+            httpx.post, f"{base}/v1/embeddings", json={"input": TEXTS[:2]}, timeout=60
+        )
+        wait_until(lambda: batcher.inflight == 1, what="the first request in flight")
+        refused = httpx.post(f"{base}/v1/embeddings", json={"input": TEXTS[2]}, timeout=60)
+        batcher.pause(False)
+        answered = first.result(timeout=60)
+    assert refused.status_code == 503, refused.text
+    err = refused.json()["error"]
+    assert (
+        err["type"] == "server_busy" and "server busy: 1 requests already waiting" in err["message"]
+    )
+    assert refused.headers["retry-after"] == "1"
+    assert answered.status_code == 200, answered.text
+    vecs = np.array([d["embedding"] for d in answered.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(vecs, emb.embed(TEXTS[:2]), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +127,11 @@ def test_full_queue_answers_503(emb):
         ({"input": ["ok", 7]}, 400, r"input\[1\] is int, not a string"),
         ({"input": [[1, 2, 3]]}, 400, r"input\[0\] is list, not a string"),
         ({"input": ["a"] * 5}, 413, "input has 5 items; at most 4 per request"),
-        ({"input": ["word " * 300]}, 413, r"input has \d+ tokens; at most 200 per request"),
+        (
+            {"input": ["word " * 300]},
+            413,
+            r"input has at least \d+ tokens; at most 200 per request",
+        ),
         ({"input": "x", "dimensions": 100}, 400, r"dimensions 100 is not allowed.*\[32, 64, 128\]"),
         ({"input": "x", "encoding_format": "hex"}, 422, "encoding_format: Input should be"),
         ({"model": "m"}, 422, "input: Field required"),
@@ -206,12 +148,29 @@ def test_bad_requests_name_the_problem(emb, body, status, message):
     assert re.search(message, err["message"]), err["message"]
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"input": "caf\xe9"}', r"not valid UTF-8 \(byte 14\)"),  # latin-1, not UTF-8
+        (b'{"input": ["ok", "a\\ud800b"]}', r"input\[1\] is not valid Unicode.*surrogate"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),  # nesting deeper than the parser
+    ],
+)
+def test_undecodable_bodies_are_400_in_openai_shape(emb, content, message):
+    with TestClient(create_app(emb)) as client:
+        r = client.post(
+            "/v1/embeddings", content=content, headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and re.search(message, err["message"]), err
+
+
 def test_invalid_json_and_health(emb):
     with TestClient(create_app(emb, ServerConfig(model_name="named"))) as client:
-        r = client.post(
-            "/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}
-        )
-        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["model"] == "named" and health["dim"] == 128
         assert client.get("/v1/models").json()["data"][0]["id"] == "named"
+        missing = client.get("/v2/nothing")
+        assert missing.status_code == 404 and missing.json()["error"]["message"] == "Not Found"

@@ -1,0 +1,38 @@
+"""Server options (no heavy imports: `qexport serve` checks them before loading anything)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class ServerConfig:
+    model_name: str | None = None  # default: the artifact folder's name
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_items: int = 2048
+    max_request_tokens: int = 1_000_000
+    max_body_bytes: int = 64 << 20
+    api_key: str | None = None  # None: no auth
+    request_timeout_s: float = 300.0  # from the request's arrival to its answer
+    read_timeout_s: float = 30.0  # to receive the whole body
+    long_row_tokens: int = 1024  # wider passes let a second worker run short rows meanwhile
+    metrics: bool = True  # GET /metrics and the request counters
+
+    def check(self) -> None:
+        """ValueError naming the first option out of range."""
+        for name in ("max_queue", "max_items", "max_request_tokens", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, top in (
+            ("max_wait_ms", 10_000.0),
+            ("request_timeout_s", 86_400.0),
+            ("read_timeout_s", 86_400.0),
+        ):
+            value = getattr(self, name)
+            low_ok = value >= 0 if name == "max_wait_ms" else value > 0
+            if not (math.isfinite(value) and low_ok and value <= top):
+                raise ValueError(f"{name} must be a finite number in (0, {top:g}], got {value}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty")

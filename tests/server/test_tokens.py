@@ -1,0 +1,68 @@
+"""The server's bounded tokenisation against the runtime's own (`TextEncoder.encode` on the
+whole text): the same ids for every text, long ones included, and `bytes + specials` bounds the
+token count from above for the byte-level BPE (Qwen3 tiny) and WordPiece (all-MiniLM-L6-v2)
+tokenizers alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from qexport.runtime.tokenize import TextEncoder
+from qexport.server.errors import ApiError
+from qexport.server.tokens import BoundedTokenizer, utf8_lengths
+from tests.texts import MIXED
+
+HARD = [
+    *MIXED,
+    "Ünïcödé àccents ÉÇÀ ǅ İstanbul ß ﬁ Å Ω ẞ",  # NFD/lowercase expansions (WordPiece)
+    "한국어 텍스트 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀👍🏽 👩‍👩‍👧",  # Hangul, astral planes, ZWJ sequences
+    "\t \n  \u00a0\u2003 spaces   and\ttabs \r\n",
+    "a" * 300,  # one word longer than WordPiece's 100 characters
+    "x" * 5 + " " + "ab," * 50,
+]
+
+
+def long_texts(max_length: int) -> list[str]:
+    n = max_length * 10
+    return [
+        "The quick brown fox jumps over the lazy dog. " * (n // 9),  # prose, cut mid-sentence
+        "中国的首都是北京。" * (n // 4),
+        "word " * n,
+        "z" * (n * 7),  # one pre-token far longer than the clip prefix
+        " ".join(f"token{i}" for i in range(n)),
+    ]
+
+
+@pytest.fixture(scope="module", params=["qwen3-tiny", "all-MiniLM-L6-v2"])
+def encoder(request, tiny_artifact):  # type: ignore[no-untyped-def]
+    if request.param == "qwen3-tiny":
+        return TextEncoder(tiny_artifact, 32768, None)
+    return TextEncoder(request.getfixturevalue("minilm_dir"), 256, None)
+
+
+def test_bytes_bound_tokens_from_above(encoder):
+    bounded = BoundedTokenizer(encoder)
+    texts = HARD + [t[:5000] for t in long_texts(encoder.max_length)]
+    raw = encoder.tokenizer.encode_batch(texts, add_special_tokens=True)
+    for text, n, enc in zip(texts, utf8_lengths(texts), raw, strict=True):
+        assert len(enc.ids) <= n + bounded.special, text[:40]
+
+
+def test_bounded_tokenize_equals_whole_text_tokenize(encoder):
+    bounded = BoundedTokenizer(encoder)
+    texts = HARD + long_texts(encoder.max_length)
+    whole = encoder.encode(texts, warn=False)
+    ids, type_ids = bounded.tokenize(texts, max_tokens=10**9)
+    assert ids == whole.ids and type_ids == whole.type_ids
+    assert max(len(r) for r in ids) == encoder.max_length  # the long ones were truncated
+
+
+def test_token_limit_stops_counting(encoder):
+    bounded = BoundedTokenizer(encoder)
+    texts = ["word " * 200] * 5000
+    with pytest.raises(ApiError, match="at most 1000 per request") as info:
+        bounded.tokenize(texts, max_tokens=1000)
+    assert info.value.status == 413
+    counted = int(str(info.value).split()[4])
+    total = sum(len(r) for r in encoder.encode(texts[:100], warn=False).ids) * 50
+    assert 1000 < counted < total / 4  # stopped early, not after all of them
