@@ -68,6 +68,11 @@ class Embedder:
         self.path = Path(artifact)
         self.manifest: Manifest = load_manifest(self.path, verify=verify)
         m = self.manifest
+        if m.task != "embed":
+            raise ValueError(
+                f"{str(self.path)!r} is a {m.task} artifact, not an embedding model: "
+                "use qexport.runtime.Reranker"
+            )
         self.session = create_session(
             self.path / m.graph_file, device, m.precision, threads, options=session_options
         )
