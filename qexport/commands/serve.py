@@ -13,7 +13,8 @@ SERVE_HINT = 'qexport serve needs FastAPI and uvicorn: pip install "qexport[serv
 def add(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve",
-        help="serve POST /v1/embeddings (OpenAI-compatible) and GET /health",
+        help="serve POST /v1/embeddings (OpenAI-compatible), or POST /v1/rerank for a "
+        "reranker artifact, and GET /health",
     )
     s.add_argument("artifact", help="artifact folder")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -48,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-wait-ms must be >= 0")
     import uvicorn
 
+    from ..manifest import load_manifest
     from ..runtime import Embedder
     from ..server.app import ServerConfig, create_app
 
-    embedder = Embedder(args.artifact, device=args.device, max_batch_tokens=args.max_batch_tokens)
     config = ServerConfig(
         model_name=args.model_name,
         max_wait_ms=args.max_wait_ms,
@@ -59,6 +60,18 @@ def run(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         max_request_tokens=args.max_request_tokens,
     )
-    app = create_app(embedder, config)
+    if load_manifest(args.artifact).task == "rerank":  # POST /v1/rerank (server/rerank.py)
+        from ..runtime import Reranker
+        from ..server.rerank import create_rerank_app
+
+        reranker = Reranker(
+            args.artifact, device=args.device, max_batch_tokens=args.max_batch_tokens
+        )
+        app = create_rerank_app(reranker, config)
+    else:
+        embedder = Embedder(
+            args.artifact, device=args.device, max_batch_tokens=args.max_batch_tokens
+        )
+        app = create_app(embedder, config)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
     return 0

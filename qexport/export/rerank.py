@@ -13,6 +13,7 @@ the embeddings are tied) in fp32: outputs `logit` [batch] and `score` = sigmoid(
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,7 @@ def wants_rerank(model: str, task: str | None) -> bool:
         return task == "rerank"
     path = Path(model).expanduser()
     if path.is_dir():
-        return is_reranker_folder(path, path.resolve().name)
+        return is_reranker_folder(path, Path(os.path.abspath(path)).name)
     # a hub id: decided by name here, checked against the config once downloaded
     return "qwen3-reranker" in model.lower()
 
