@@ -196,3 +196,24 @@ def test_registry_matches_published_configs():
         real = json.loads((root / size / "config.json").read_text())
         ours = RERANKERS[f"qwen3-reranker-{size.lower()}"].config()
         assert {k: ours[k] for k in keys} == {k: real[k] for k in keys}, size
+
+
+@pytest.mark.slow
+def test_exact_06b_architecture_truncated(tmp_path, reranker_tokenizer):
+    """The 0.6B widths (hidden 1024, 16/8 heads of 128, FFN 3072, vocab 151,669, tied) with
+    2 of its 28 layers, written as a hub checkpoint and exported from the folder."""
+    from qexport.export.random_rerank import write_random_reranker
+    from qexport.validate.rerank_reference import CardReranker
+
+    ckpt = write_random_reranker("qwen3-reranker-0.6b", tmp_path / "Qwen3-Reranker-0.6B-l2",
+                                 layers=2, tokenizer=reranker_tokenizer)  # fmt: skip
+    out = tmp_path / "q06"
+    export_onnx(str(ckpt), out, ExportOptions(progress=False))
+    assert (out / "model.onnx_data").is_file()  # 0.6 GB of fp32 embeddings: external data
+    card = CardReranker(ckpt)
+    rr = Reranker(out, device="cpu")
+    for query in QUERIES:
+        ours = rr.logits(query, DOCS)
+        theirs = _card_logodds(card, query)
+        assert np.abs(ours - theirs).max() <= FP32_LOGODDS_TOL, (ours, theirs)
+        assert list(np.argsort(-ours, kind="stable")) == list(np.argsort(-theirs, kind="stable"))
