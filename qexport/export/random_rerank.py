@@ -92,9 +92,7 @@ RERANKERS: dict[str, RandomReranker] = {
         RandomReranker(
             "qwen3-reranker-0.6b", 28, 1024, 16, 8, 128, 3072, doc="Qwen3-Reranker-0.6B"
         ),
-        RandomReranker(
-            "qwen3-reranker-4b", 36, 2560, 32, 8, 128, 9728, doc="Qwen3-Reranker-4B"
-        ),
+        RandomReranker("qwen3-reranker-4b", 36, 2560, 32, 8, 128, 9728, doc="Qwen3-Reranker-4B"),
     )
 }
 
@@ -134,9 +132,7 @@ def write_random_reranker(
     from safetensors.numpy import save_file
 
     if name not in RERANKERS:
-        raise ValueError(
-            f"unknown random reranker {name!r}; built in: {', '.join(RERANKERS)}"
-        )
+        raise ValueError(f"unknown random reranker {name!r}; built in: {', '.join(RERANKERS)}")
     model = RERANKERS[name]
     if layers is not None and not 1 <= layers <= model.layers:
         raise ValueError(f"layers must be in 1..{model.layers}, got {layers}")

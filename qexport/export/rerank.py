@@ -201,15 +201,15 @@ def export_rerank(model: str, out: str | Path, opts: ExportOptions) -> Manifest:
         assert src.tokenizer_dir is not None
         rerank = prompt_ids(src.tokenizer_dir)
         max_length = _max_length(src, opts.max_length)
-        rerank["max_body_tokens"] = max_length - len(rerank["prefix_ids"]) - len(rerank["suffix_ids"])
+        rerank["max_body_tokens"] = (
+            max_length - len(rerank["prefix_ids"]) - len(rerank["suffix_ids"])
+        )
         if rerank["max_body_tokens"] < 1:
             raise ValueError(f"--max-length {max_length} leaves no room for the document")
         quant = RerankQuantizer.for_options(opts) if opts.precision == "int8" else None
         compute = quant.base if quant is not None else opts.precision
         with staging(out, opts.overwrite) as tmp:
-            graph, weight_bytes = build_rerank_model(
-                src, compute, max_length, opts.layers, rerank
-            )
+            graph, weight_bytes = build_rerank_model(src, compute, max_length, opts.layers, rerank)
             if quant is not None:
                 weight_bytes = quant.quantize(graph, src.tokenizer_dir, rerank, max_length, tmp)
             save_graph(graph, tmp, weight_bytes, progress=opts.progress)

@@ -60,7 +60,9 @@ def check_pairs() -> list[tuple[str, list[str]]]:
     return [(q, docs) for q in CHECK_QUERIES]
 
 
-def run_logits(graph: Path, device: str, precision: str, rows: list[list[int]], pad: int) -> np.ndarray:
+def run_logits(
+    graph: Path, device: str, precision: str, rows: list[list[int]], pad: int
+) -> np.ndarray:
     session = create_session(graph, device, precision)
     out = np.empty(len(rows), dtype=np.float64)
     for idx in plan_batches([len(r) for r in rows], 4096, 16):

@@ -70,7 +70,9 @@ class PairEncoder:
         for key, ids in (("prefix", self.prefix), ("suffix", self.suffix)):
             got = self.tokenizer.encode(rerank[key], add_special_tokens=False).ids
             if got != ids:
-                raise ManifestError(f"the tokenizer encodes the manifest's {key} as {got}, not {ids}")
+                raise ManifestError(
+                    f"the tokenizer encodes the manifest's {key} as {got}, not {ids}"
+                )
         self.template: str = rerank["template"]
         self.default_instruction: str = rerank["default_instruction"]
         self.max_length = max_length

@@ -132,9 +132,7 @@ def create_rerank_app(reranker: Reranker, config: ServerConfig | None = None) ->
     async def rerank(req: RerankRequest) -> Response:
         query, docs = _strings(req, cfg.max_items)
         try:
-            rows, _ = await run_in_threadpool(
-                reranker.encoder.encode, query, docs, req.instruction
-            )
+            rows, _ = await run_in_threadpool(reranker.encoder.encode, query, docs, req.instruction)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         tokens = sum(len(r) for r in rows)
@@ -171,8 +169,6 @@ def create_rerank_app(reranker: Reranker, config: ServerConfig | None = None) ->
         resp = RerankResponse.model_construct(
             model=name, results=results, usage=RerankUsage.model_construct(total_tokens=tokens)
         )
-        return Response(
-            resp.model_dump_json(exclude_none=True), media_type="application/json"
-        )
+        return Response(resp.model_dump_json(exclude_none=True), media_type="application/json")
 
     return app

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-CARD_PREFIX = "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"  # noqa: E501
+CARD_PREFIX = '<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
 CARD_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 CARD_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 
@@ -21,7 +21,8 @@ CARD_TASK = "Given a web search query, retrieve relevant passages that answer th
 def format_instruction(instruction: str | None, query: str, doc: str) -> str:
     if instruction is None:
         instruction = CARD_TASK
-    output = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}".format(
+    # the card's own line (str.format, kept as written)
+    output = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}".format(  # noqa: UP032
         instruction=instruction, query=query, doc=doc
     )
     return output
@@ -48,7 +49,8 @@ class CardReranker:
         kw: dict[str, Any] = {"dtype": torch_dtype}
         if attn_implementation:
             kw["attn_implementation"] = attn_implementation
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), **kw).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kw)
+        self.model = model.to(device).eval()  # type: ignore[arg-type]
         self.device = device
         self.token_false_id = self.tokenizer.convert_tokens_to_ids("no")
         self.token_true_id = self.tokenizer.convert_tokens_to_ids("yes")

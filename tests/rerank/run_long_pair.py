@@ -19,5 +19,14 @@ assert len(body) >= need, (len(body), need)
 row = enc.prefix + body[:need] + enc.suffix
 start = time.perf_counter()
 logit = rr.logits_for_ids([row])
-print(json.dumps({"tokens": len(row), "logit": float(logit[0]), "rss_after_load_mb": base,
-                  "peak_rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - start}))
+print(
+    json.dumps(
+        {
+            "tokens": len(row),
+            "logit": float(logit[0]),
+            "rss_after_load_mb": base,
+            "peak_rss_mb": peak_rss_mb(),
+            "seconds": time.perf_counter() - start,
+        }
+    )
+)

@@ -106,7 +106,7 @@ def test_truncation_keeps_suffix_and_matches_card(rerank_ckpt, tmp_path):
     docs = [long_doc, DOCS[0], "Another long one: " + "word " * 300]
     ids, truncated = rr.encoder.encode(QUERIES[1], docs)
     assert truncated == 2
-    assert [len(r) for r in ids][0] == 96 and ids[0][-9:] == SUFFIX_IDS and ids[2][-9:] == SUFFIX_IDS
+    assert len(ids[0]) == 96 and ids[0][-9:] == SUFFIX_IDS and ids[2][-9:] == SUFFIX_IDS
     card = CardReranker(rerank_ckpt, max_length=96)
     assert ids == card.input_ids(card.pairs(QUERIES[1], docs))
     with pytest.warns(UserWarning, match="2 pair"):
@@ -169,7 +169,9 @@ def test_unsupported_options_refused(rerank_ckpt, tmp_path):
 
 
 def test_task_detection(rerank_ckpt, tmp_path):
-    assert wants_rerank(str(rerank_ckpt), None) and wants_rerank("random:qwen3-reranker-0.6b", "auto")
+    assert wants_rerank(str(rerank_ckpt), None) and wants_rerank(
+        "random:qwen3-reranker-0.6b", "auto"
+    )
     assert wants_rerank("Qwen/Qwen3-Reranker-4B", None)
     assert not wants_rerank("Qwen/Qwen3-Embedding-0.6B", None)
     assert not wants_rerank(str(rerank_ckpt), "embed")
@@ -181,9 +183,9 @@ def test_task_detection(rerank_ckpt, tmp_path):
 
 
 def test_embed_and_rerank_artifacts_refuse_each_other(rerank_fp32, tiny_artifact):
-    with pytest.raises(ValueError, match="is a rerank artifact.*Reranker"):
+    with pytest.raises(ValueError, match=r"is a rerank artifact.*Reranker"):
         Embedder(rerank_fp32, device="cpu")
-    with pytest.raises(ValueError, match="embedding artifact.*Embedder"):
+    with pytest.raises(ValueError, match=r"embedding artifact.*Embedder"):
         Reranker(tiny_artifact, device="cpu")
 
 

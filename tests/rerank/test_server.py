@@ -128,5 +128,7 @@ def test_bad_requests(client, body, status, msg):
 
 
 def test_invalid_json_is_400(client):
-    r = client.post("/v1/rerank", content=b"{not json", headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/rerank", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
