@@ -226,9 +226,17 @@ def _manifest(
     src: ModelSource, opts: ExportOptions, graph: ir.Model, max_length: int, rerank: dict[str, Any]
 ) -> Manifest:
     arch: dict[str, Any] = {"family": "qwen3", "model_type": src.config.get("model_type")}
-    for key in ("architectures", "num_hidden_layers", "hidden_size", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size",
-                "tie_word_embeddings"):  # fmt: skip
+    for key in (
+        "architectures",
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "tie_word_embeddings",
+    ):
         if key in src.config:
             arch[key] = src.config[key]
     if opts.layers is not None:

@@ -123,9 +123,13 @@ class RerankQuantizer:
         return "auto" if self.device == "cuda" else "cpu"
 
     def quantize(
-        self, model: ir.Model, tokenizer_dir: Path, rerank: dict[str, Any], max_length: int,
+        self,
+        model: ir.Model,
+        tokenizer_dir: Path,
+        rerank: dict[str, Any],
+        max_length: int,
         workdir: Path,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Run the float graph on the check pairs, then rewrite the projections in place;
         returns the quantized weight bytes."""
         self.info = {"base_precision": self.base, "device": self.device}

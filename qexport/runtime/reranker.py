@@ -166,9 +166,13 @@ class Reranker:
         return out
 
     def logits(
-        self, query: str, documents: Sequence[str], instruction: str | None = None, *,
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None = None,
+        *,
         batch_size: int = 32,
-    ) -> np.ndarray:  # fmt: skip
+    ) -> np.ndarray:
         rows, truncated = self.encoder.encode(query, documents, instruction)
         if truncated:
             warnings.warn(
@@ -179,9 +183,13 @@ class Reranker:
         return self.logits_for_ids(rows, batch_size)
 
     def score(
-        self, query: str, documents: Sequence[str], instruction: str | None = None, *,
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None = None,
+        *,
         batch_size: int = 32,
-    ) -> np.ndarray:  # fmt: skip
+    ) -> np.ndarray:
         """Relevance probabilities (float32, in input order): P(yes) = sigmoid(log-odds)."""
         return sigmoid(self.logits(query, documents, instruction, batch_size=batch_size))
 

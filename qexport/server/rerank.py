@@ -66,9 +66,10 @@ def _strings(req: RerankRequest, max_items: int) -> tuple[str, list[str]]:
         raise ApiError(400, "documents is empty: send a non-empty list of strings", "documents")
     if len(req.documents) > max_items:
         raise ApiError(
-            413, f"documents has {len(req.documents)} items; at most {max_items} per request",
+            413,
+            f"documents has {len(req.documents)} items; at most {max_items} per request",
             "documents",
-        )  # fmt: skip
+        )
     for i, d in enumerate(req.documents):
         if not isinstance(d, str):
             raise ApiError(400, f"documents[{i}] is {type(d).__name__}, not a string", "documents")

@@ -8,6 +8,7 @@ full next-token logits at the last position, log_softmax over [no, yes].
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,11 @@ class CardReranker:
         )
         for i, ele in enumerate(inputs["input_ids"]):
             inputs["input_ids"][i] = self.prefix_tokens + ele + self.suffix_tokens
-        inputs = self.tokenizer.pad(
-            inputs, padding=True, return_tensors="pt", max_length=self.max_length
-        )
+        with warnings.catch_warnings():  # "max_length is ignored when padding=True"
+            warnings.simplefilter("ignore", UserWarning)
+            inputs = self.tokenizer.pad(
+                inputs, padding=True, return_tensors="pt", max_length=self.max_length
+            )
         for key in inputs:
             inputs[key] = inputs[key].to(self.model.device)
         return inputs
