@@ -185,6 +185,8 @@ def run_rerank_validation(artifact: str | Path, opts: RerankValidateOptions) -> 
             }
             ort_s = measure("onnxruntime", artifact, groups, **kw)  # type: ignore[arg-type]
             pt_s = measure("pytorch", ref_folder, groups, **kw)  # type: ignore[arg-type]
+            ort_s.pop("logodds")
+            pt_s.pop("logodds")
             speed = {
                 "onnxruntime": ort_s,
                 "pytorch": pt_s,

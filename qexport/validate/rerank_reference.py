@@ -40,7 +40,10 @@ class CardReranker:
         dtype: str = "fp32",
         device: str = "cpu",
         attn_implementation: str | None = None,
+        last_logits_only: bool = False,
     ) -> None:
+        """`last_logits_only`: pass `logits_to_keep=1` to the model (not the card: it computes
+        the [batch, seq, vocab] logits and keeps the last row); same scores, less work."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -56,6 +59,7 @@ class CardReranker:
         self.token_false_id = self.tokenizer.convert_tokens_to_ids("no")
         self.token_true_id = self.tokenizer.convert_tokens_to_ids("yes")
         self.max_length = max_length
+        self.extra = {"logits_to_keep": 1} if last_logits_only else {}
         self.prefix_tokens = self.tokenizer.encode(CARD_PREFIX, add_special_tokens=False)
         self.suffix_tokens = self.tokenizer.encode(CARD_SUFFIX, add_special_tokens=False)
 
@@ -80,7 +84,7 @@ class CardReranker:
 
     def _two_way(self, inputs: Any) -> Any:
         with self.torch.no_grad():
-            batch_scores = self.model(**inputs).logits[:, -1, :]
+            batch_scores = self.model(**inputs, **self.extra).logits[:, -1, :]
             true_vector = batch_scores[:, self.token_true_id]
             false_vector = batch_scores[:, self.token_false_id]
             batch_scores = self.torch.stack([false_vector, true_vector], dim=1)

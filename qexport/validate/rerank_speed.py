@@ -13,7 +13,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 Groups = list[tuple[str, list[str]]]  # (query, its documents)
+# the artifact; the card recipe; the card recipe with logits_to_keep=1 (last position only)
+ENGINES = ("onnxruntime", "pytorch", "pytorch-last")
 _WORD = re.compile(r"\w+")
 
 
@@ -59,9 +63,8 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
         rr = Reranker(cfg["model"], device=cfg["device"], threads=cfg["threads"])
 
-        def run() -> None:
-            for q, docs in groups:
-                rr.score(q, docs, batch_size=batch)
+        def run(groups: Groups) -> list[np.ndarray]:
+            return [rr.logits(q, docs, batch_size=batch) for q, docs in groups]
     else:
         import torch
 
@@ -69,20 +72,24 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
-        card = CardReranker(cfg["model"], max_length=cfg["max_length"], device=cfg["device"])
+        card = CardReranker(
+            cfg["model"],
+            max_length=cfg["max_length"],
+            device=cfg["device"],
+            last_logits_only=cfg["engine"] == "pytorch-last",
+        )
 
-        def run() -> None:
-            for q, docs in groups:
-                card.scores(card.pairs(q, docs), batch_size=batch)
+        def run(groups: Groups) -> list[np.ndarray]:
+            return [card.logodds(card.pairs(q, docs), batch_size=batch) for q, docs in groups]
 
     loaded = peak_rss_mb()
     reset_peak_rss()
     for _ in range(cfg["warmup"]):
-        run()
+        run(groups[:1])
     times = []
     for _ in range(cfg["repeats"]):
         start = time.perf_counter()
-        run()
+        logodds = run(groups)
         times.append(time.perf_counter() - start)
     n = sum(len(d) for _, d in groups)
     median = statistics.median(times)
@@ -93,6 +100,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "rss_after_load_mb": loaded,
         "peak_rss_mb": peak_rss_mb(),
         "repeats": cfg["repeats"],
+        "logodds": [float(x) for arr in logodds for x in arr],
     }
 
 
@@ -108,10 +116,11 @@ def measure(
     max_length: int = 8192,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run `engine` ("onnxruntime" on an artifact, "pytorch" on a checkpoint folder) alone in
-    a spawned process over every group; pairs/s from the median of `repeats` passes."""
-    if engine not in ("onnxruntime", "pytorch"):
-        raise ValueError(f"engine must be onnxruntime or pytorch, got {engine!r}")
+    """Run `engine` (ENGINES: "onnxruntime" on an artifact, "pytorch"/"pytorch-last" on a
+    checkpoint folder) alone in a spawned process over every group (warm-up: the first group);
+    pairs/s from the median of `repeats` passes, and the log-odds of the last pass."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     cfg = {
         "engine": engine,
         "model": str(model),
