@@ -219,3 +219,21 @@ def test_exact_06b_architecture_truncated(tmp_path, reranker_tokenizer):
         theirs = _card_logodds(card, query)
         assert np.abs(ours - theirs).max() <= FP32_LOGODDS_TOL, (ours, theirs)
         assert list(np.argsort(-ours, kind="stable")) == list(np.argsort(-theirs, kind="stable"))
+
+
+def test_cli_export_and_usage_errors(rerank_ckpt, tmp_path, capsys):
+    from qexport.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["-q", "onnx", str(rerank_ckpt), "-o", str(out), "--task", "rerank"]) == 0
+    assert "(reranker, fp32, max length 8192" in capsys.readouterr().out
+    assert load_manifest(out).task == "rerank"
+    for extra, msg in (
+        (["--precision", "int4"], "supports precisions fp32, fp16, bf16, int8"),
+        (["--precision", "int8", "--max-logodds-diff", "0"], "--max-logodds-diff must be > 0"),
+        (["--task", "embed"], "--task"),
+    ):
+        args = ["onnx", "random:qwen3-reranker-tiny", "-o", str(tmp_path / "y"), *extra]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
