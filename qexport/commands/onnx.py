@@ -93,7 +93,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="--task rerank int8: refuse when a check pair's log-odds move more than this "
-        "vs the float graph (default 0.15)",
+        "vs the float graph (default 0.3)",
     )
     q.add_argument(
         "--no-check",

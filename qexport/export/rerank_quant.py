@@ -6,8 +6,9 @@ The float graph (fp32 for CPU, fp16 for CUDA) runs on the check pairs before qua
 written int8 artifact runs on the same pairs. The export is refused when
 
 * max |log-odds(int8) - log-odds(float)| over the pairs exceeds `max_logodds_diff`
-  (default 0.15: the probability moves by at most 0.15 / 4 < 0.04 anywhere, and by less
-  where the score is confident, since dp = p (1 - p) d(log-odds)), or
+  (default 0.3: the probability moves by at most 0.3 / 4 = 0.075 anywhere, and by at most
+  0.015 where the score is confident (p < 0.05 or > 0.95), since dp = p (1 - p) d(log-odds)),
+  or
 * the mean top-3 overlap per query (int8 top 3 vs float top 3) is below `min_top3_overlap`
   (default 2/3: one of the three may swap with a near tie).
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qexport")
 
-MAX_LOGODDS_DIFF = 0.15
+MAX_LOGODDS_DIFF = 0.3
 MIN_TOP3_OVERLAP = 2 / 3
 CHECK_QUERIES = (
     "What is the capital of China?",
