@@ -21,8 +21,34 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime.reranker import Reranker, ranked, sigmoid
-from .app import ApiError, ServerConfig, _error, _validation_message
+from .app import ServerConfig
 from .schemas import ErrorResponse
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+def _error(status: int, message: str, param: str | None = None, **headers: str) -> JSONResponse:
+    """OpenAI's error shape (kept here, not imported, so this module only needs the config)."""
+    kind = {503: "server_busy", 413: "request_too_large"}.get(status, "invalid_request_error")
+    if status >= 500 and status != 503:
+        kind = "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "request body is not valid JSON"
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg')}")
+    return 422, "; ".join(parts)
 
 
 class RerankRequest(BaseModel):

@@ -95,3 +95,16 @@ def test_nan_output_is_an_error(rerank_fp32, tmp_path):
     onnx.save(model, str(bad / "model.onnx"))
     with pytest.raises(FloatingPointError, match="NaN/Inf for 2 pair"):
         Reranker(bad, device="cpu").score("q", ["a", "b"])
+
+
+def test_manifest_without_task_loads_as_embed(tiny_artifact):
+    import json
+
+    from qexport.manifest import MANIFEST_NAME, Manifest
+
+    data = json.loads((tiny_artifact / MANIFEST_NAME).read_text())
+    assert data["task"] == "embed" and data["rerank"] is None
+    for key in ("task", "rerank"):  # a manifest written before rerankers existed
+        del data[key]
+    m = Manifest.from_dict(data)
+    assert m.task == "embed" and m.rerank is None
