@@ -102,10 +102,14 @@ def run(args: argparse.Namespace) -> int:
         task = load_manifest(args.artifact).task
     except ManifestError as exc:
         raise UsageError(str(exc)) from None
-    if task == "rerank":
+    if task == "rerank":  # a reranker artifact: commands/validate_rerank.py
         from .validate_rerank import run_rerank
 
         return run_rerank(args)
+    return _run_embed(args)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
     from ..validate.report import write_report
     from ..validate.retrieval import DatasetError, load_beir
     from ..validate.suite import ValidateOptions, run_validation
