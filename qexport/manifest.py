@@ -54,6 +54,11 @@ class Manifest:
     instruction_template: str | None = None
     default_instruction: str | None = None
     similarity: str = "cosine"
+    # "embed" (sentence_embedding output) or "rerank" (score/logit per query-document pair;
+    # `rerank` then holds the prompt: prefix/suffix text and ids, body template, default
+    # instruction, yes/no token ids). Old manifests have neither and load as "embed".
+    task: str = "embed"
+    rerank: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)

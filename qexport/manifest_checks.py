@@ -16,9 +16,15 @@ from typing import Any
 MAX_LENGTH_LIMIT = 1 << 20
 EMBEDDING_DIM_LIMIT = 1 << 16
 MANIFEST_BYTES_LIMIT = 16 << 20
-SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
+SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan", "none")  # none: rerank artifacts
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
+TASKS = ("embed", "rerank")
+RERANK_OUTPUTS = ("score", "logit")
+RERANK_STRINGS = ("prefix", "suffix", "template", "default_instruction")
+RERANK_IDS = ("prefix_ids", "suffix_ids")
+RERANK_ID = ("yes_id", "no_id", "pad_id")
+TOKEN_ID_LIMIT = 1 << 24
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -84,6 +90,32 @@ def _template(v: Any) -> None:
         raise _fail(f"instruction_template {v!r} is not a valid template ({exc!r})"[:200]) from None
 
 
+def _token_id(v: Any) -> bool:
+    return _is_int(v) and 0 <= v < TOKEN_ID_LIMIT
+
+
+def _rerank(v: Any) -> None:
+    """The reranker's prompt (task `rerank`): texts, their token ids, the yes/no/pad ids."""
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise _fail(f"rerank must be an object or null, got {_name(v)}")
+    for key in RERANK_STRINGS:
+        if not isinstance(v.get(key), str):
+            raise _fail(f"rerank.{key} must be a string, got {_name(v.get(key))}")
+    for key in RERANK_IDS:
+        ids = v.get(key)
+        if not isinstance(ids, list) or len(ids) > 4096 or not all(map(_token_id, ids)):
+            raise _fail(f"rerank.{key} must be a list of token ids, got {str(ids)[:80]}")
+    for key in RERANK_ID:
+        if key in v and not _token_id(v[key]):
+            raise _fail(f"rerank.{key} must be a token id, got {str(v[key])[:40]}")
+    try:
+        v["template"].format(instruction="", query="", doc="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise _fail(f"rerank.template is not a usable template ({exc!r})") from None
+
+
 def _tensors(key: str) -> Callable[[Any], None]:
     def check(v: Any) -> None:
         if not isinstance(v, list) or not v:
@@ -135,6 +167,8 @@ FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
         "files", lambda x: isinstance(x, str) and bool(_SHA256.fullmatch(x)), "a sha256 hex digest"
     ),
     "graph_file": _typed("graph_file", str, "a file name"),
+    "task": _choice("task", TASKS),
+    "rerank": _rerank,
 }
 
 
@@ -159,6 +193,11 @@ def _io(data: dict[str, Any]) -> None:
         if need not in names:
             raise _fail(f"inputs must include {need!r}, got {names}")
     outputs = {t["name"]: t["shape"] for t in data["outputs"]}
+    if data.get("task", "embed") == "rerank":
+        missing = [n for n in RERANK_OUTPUTS if n not in outputs]
+        if missing or data.get("rerank") is None:
+            raise _fail(f"a rerank artifact needs outputs {RERANK_OUTPUTS} and a rerank prompt")
+        return
     if OUTPUT_NAME not in outputs:
         raise _fail(f"outputs must include {OUTPUT_NAME!r}, got {list(outputs)}")
     last = outputs[OUTPUT_NAME][-1:] or [None]

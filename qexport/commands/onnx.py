@@ -36,6 +36,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an existing qexport artifact (anything else is refused)",
     )
+    o.add_argument(
+        "--task",
+        default="auto",
+        choices=("auto", "embed", "rerank"),
+        help="embed (sentence_embedding) or rerank (Qwen3-Reranker: one score per pair); "
+        "auto (default) picks rerank for a Qwen3ForCausalLM checkpoint named *reranker* "
+        "without modules.json",
+    )
     q = o.add_argument_group("quantization (int8, int4, int8-dynamic)")
     q.add_argument(
         "--device",
@@ -85,6 +93,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         "(default 0.995 int8, 0.98 int4, 0.99 int8-dynamic)",
     )
     q.add_argument(
+        "--max-logodds-diff",
+        type=float,
+        default=None,
+        help="--task rerank int8: refuse when a check pair's log-odds move more than this "
+        "vs the float graph (default 0.3)",
+    )
+    q.add_argument(
         "--no-check",
         action="store_true",
         help="int8/int4: skip running the float and quantized graphs on the check texts",
@@ -114,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--zero-points asymmetric needs --method gptq")
     if args.calibration is not None and not Path(args.calibration).is_file():
         raise UsageError(f"--calibration file {args.calibration!r} does not exist")
+    if args.max_logodds_diff is not None and args.max_logodds_diff <= 0:
+        raise UsageError(f"--max-logodds-diff must be > 0, got {args.max_logodds_diff}")
     opts = ExportOptions(
+        task=args.task,
+        max_logodds_diff=args.max_logodds_diff,
         precision=args.precision,
         max_length=args.max_length,
         token_embeddings=args.token_embeddings,
@@ -141,6 +160,18 @@ def run(args: argparse.Namespace) -> int:
             f"quantization: {q['method']}, min cosine {q['check']['min_cosine']:.5f} vs the "
             f"{q['base_precision']} graph on {q['check']['texts']} texts"
         )
+    if manifest.task == "rerank":
+        if q and "check" in q and "max_abs_logodds_diff" in q["check"]:
+            c = q["check"]
+            print(
+                f"quantization: max |log-odds diff| {c['max_abs_logodds_diff']:.5f}, top-3 "
+                f"overlap {c['top3_overlap_mean']:.3f} vs the float graph on {c['pairs']} pairs"
+            )
+        print(
+            f"exported {args.model} -> {args.output} (reranker, {manifest.precision}, "
+            f"max length {manifest.max_length}, {total / 1e6:.1f} MB)"
+        )
+        return 0
     print(
         f"exported {args.model} -> {args.output} ({manifest.precision}, dim {manifest.embedding_dim}, "
         f"max length {manifest.max_length}, {total / 1e6:.1f} MB)"

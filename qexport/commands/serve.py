@@ -7,6 +7,7 @@ import importlib.util
 import math
 import os
 import sys
+from typing import Any
 
 from .errors import UsageError
 
@@ -17,7 +18,8 @@ KEY_ENV = "QEXPORT_API_KEY"
 def add(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve",
-        help="serve POST /v1/embeddings (OpenAI-compatible), GET /health and GET /metrics",
+        help="serve POST /v1/embeddings (OpenAI-compatible), or POST /v1/rerank for a "
+        "reranker artifact, GET /health and GET /metrics",
     )
     s.add_argument("artifact", help="artifact folder")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -86,6 +88,22 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--read-timeout-s must be in (0, 86400], got {args.read_timeout_s}")
 
 
+def _app(args: argparse.Namespace, config: Any) -> Any:
+    """The embeddings app, or the rerank app (POST /v1/rerank) for a rerank artifact."""
+    from ..manifest import load_manifest
+
+    kw = {"device": args.device, "max_batch_tokens": args.max_batch_tokens}
+    if load_manifest(args.artifact).task == "rerank":
+        from ..runtime import Reranker
+        from ..server.rerank import create_rerank_app
+
+        return create_rerank_app(Reranker(args.artifact, verify=not args.no_verify, **kw), config)
+    from ..runtime import Embedder
+    from ..server.app import create_app
+
+    return create_app(Embedder(args.artifact, verify=not args.no_verify, **kw), config)
+
+
 def run(args: argparse.Namespace) -> int:
     if any(
         importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "prometheus_client")
@@ -114,22 +132,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--{name.replace('_', '-')} {str(exc).split(' ', 1)[1]}") from None
     sock = bind(args.host, args.port)  # before loading: a port in use fails fast
     try:
-        from ..runtime import Embedder
-        from ..server.app import create_app
-
         try:
-            embedder = Embedder(
-                args.artifact,
-                device=args.device,
-                max_batch_tokens=args.max_batch_tokens,
-                verify=not args.no_verify,
-            )
+            app = _app(args, config)
         except (TypeError, AttributeError) as exc:
             raise UsageError(f"{args.artifact}: malformed artifact or manifest ({exc})") from None
         warning = exposure_warning(args.host, sock.getsockname()[0], config.api_key)
         if warning:
             print(warning, file=sys.stderr)
-        app = create_app(embedder, config)
         serve(
             app,
             sock,

@@ -96,6 +96,20 @@ def read_texts(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..manifest import ManifestError, load_manifest
+
+    try:
+        task = load_manifest(args.artifact).task
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
+    if task == "rerank":  # a reranker artifact: commands/validate_rerank.py
+        from .validate_rerank import run_rerank
+
+        return run_rerank(args)
+    return _run_embed(args)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
     from ..validate.report import write_report
     from ..validate.retrieval import DatasetError, load_beir
     from ..validate.suite import ValidateOptions, run_validation

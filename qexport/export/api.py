@@ -39,6 +39,9 @@ class ExportOptions:
     quant: QuantOptions = field(default_factory=QuantOptions)
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    # rerank (export/rerank.py): None/"auto" detects a Qwen3 reranker, "embed", "rerank"
+    task: str | None = None
+    max_logodds_diff: float | None = None  # rerank int8 check bar (rerank_quant.py)
 
 
 @contextmanager
@@ -85,6 +88,10 @@ def build_model(
 
 def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) -> Manifest:
     opts = opts or ExportOptions()
+    from .rerank import export_rerank, wants_rerank
+
+    if wants_rerank(model, opts.task):
+        return export_rerank(model, out, opts)
     if opts.precision not in PRECISIONS:
         raise ValueError(
             f"unknown precision {opts.precision!r}; choose from {', '.join(PRECISIONS)}"

@@ -73,6 +73,11 @@ class Embedder:
         self.path = Path(artifact)
         self.manifest: Manifest = load_manifest(self.path, verify=verify)
         m = self.manifest
+        if m.task != "embed":
+            raise ValueError(
+                f"{str(self.path)!r} is a {m.task} artifact, not an embedding model: "
+                "use qexport.runtime.Reranker"
+            )
         self._inputs = m.input_names
         self._output = "sentence_embedding"
         try:

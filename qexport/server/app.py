@@ -16,7 +16,7 @@ import json
 import queue
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -102,7 +102,8 @@ def _check_string_count(body: bytes, max_items: int) -> None:
             )
 
 
-def parse_request(body: bytes, max_items: int) -> EmbeddingRequest:
+def parse_request(body: bytes, max_items: int, model: type[Any] = EmbeddingRequest) -> Any:
+    """The body as `model` (a pydantic model): 400 for bad UTF-8 or JSON, 422 for bad fields."""
     _check_string_count(body, max_items)
     try:
         text = body.decode("utf-8")
@@ -115,7 +116,7 @@ def parse_request(body: bytes, max_items: int) -> EmbeddingRequest:
     except (json.JSONDecodeError, RecursionError):
         raise ApiError(400, "request body is not valid JSON", reason="bad_body") from None
     try:
-        return EmbeddingRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(422, _validation_message(exc), reason="bad_body") from None
 
@@ -264,22 +265,18 @@ def _add_handlers(app: FastAPI, metrics: Metrics) -> None:
         return error_response(500, f"internal error: {type(exc).__name__}")
 
 
-def create_app(embedder: Embedder, config: ServerConfig | None = None) -> FastAPI:
-    cfg = config or ServerConfig()
-    cfg.check()
-    metrics = Metrics()
-    svc = Service(embedder, cfg, metrics)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc.batcher.start()
-        yield
-        svc.batcher.stop()
-
+def base_app(
+    title: str,
+    cfg: ServerConfig,
+    metrics: Metrics,
+    health: Callable[[], JSONResponse],
+    name: str,
+    lifespan: Any = None,
+) -> FastAPI:
+    """What every qexport server shares: OpenAI-shaped errors, auth, metrics, `/metrics`,
+    `/health` and `/v1/models`; the caller adds its task's route."""
     docs = {} if cfg.api_key is None else {"docs_url": None, "redoc_url": None}
-    app = FastAPI(title="qexport embeddings", lifespan=lifespan, **docs)  # type: ignore[arg-type]
-    app.state.batcher = svc.batcher
-    app.state.embedder = embedder
+    app = FastAPI(title=title, lifespan=lifespan, **docs)  # type: ignore[arg-type]
     app.state.metrics = metrics
     _add_handlers(app, metrics)
     if cfg.api_key is not None:
@@ -292,15 +289,34 @@ def create_app(embedder: Embedder, config: ServerConfig | None = None) -> FastAP
             return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
-    async def health() -> JSONResponse:
-        return svc.health()
+    async def health_route() -> JSONResponse:
+        return health()
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": svc.name, "object": "model", "created": 0, "owned_by": "qexport"}],
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "qexport"}],
         }
+
+    return app
+
+
+def create_app(embedder: Embedder, config: ServerConfig | None = None) -> FastAPI:
+    cfg = config or ServerConfig()
+    cfg.check()
+    metrics = Metrics()
+    svc = Service(embedder, cfg, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc.batcher.start()
+        yield
+        svc.batcher.stop()
+
+    app = base_app("qexport embeddings", cfg, metrics, svc.health, svc.name, lifespan)
+    app.state.batcher = svc.batcher
+    app.state.embedder = embedder
 
     @app.post(
         "/v1/embeddings",

@@ -1,0 +1,110 @@
+"""Reranker runtime: rerank order, top_n, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qexport.runtime import Reranker
+from tests.rerank.conftest import DOCS, QUERIES
+
+
+@pytest.fixture(scope="module")
+def rr(rerank_fp32):  # type: ignore[no-untyped-def]
+    return Reranker(rerank_fp32, device="cpu")
+
+
+def test_rerank_is_score_sorted(rr):
+    scores = rr.score(QUERIES[0], DOCS)
+    assert scores.dtype == np.float32 and scores.shape == (len(DOCS),)
+    assert np.all((scores > 0) & (scores < 1))
+    full = rr.rerank(QUERIES[0], DOCS)
+    assert sorted(i for i, _ in full) == list(range(len(DOCS)))
+    assert [s for _, s in full] == sorted(scores.tolist(), reverse=True)
+    assert all(scores[i] == s for i, s in full)
+    assert rr.rerank(QUERIES[0], DOCS, top_n=3) == full[:3]
+    assert rr.rerank(QUERIES[0], DOCS, top_n=100) == full
+    assert rr.default_instruction.startswith("Given a web search query")
+
+
+@pytest.mark.parametrize(
+    ("query", "docs", "kw", "msg"),
+    [
+        ("", DOCS, {}, "query is an empty string"),
+        (None, DOCS, {}, "query is NoneType, not str"),
+        ("q", [], {}, "documents is empty"),
+        ("q", "a single string", {}, "not a single string"),
+        ("q", ["ok", 3], {}, r"documents\[1\] is int, not str"),
+        ("q", ["ok", ""], {}, r"documents\[1\] is an empty string"),
+        ("q", ["ok", "bad \ud800 surrogate"], {}, r"documents\[1\] cannot be encoded as UTF-8"),
+        ("q\udfff", ["ok"], {}, "query cannot be encoded as UTF-8"),
+        ("q", ["ok"], {"instruction": 5}, "instruction is int"),
+        ("q", ["ok"], {"top_n": 0}, "top_n must be a positive integer"),
+        ("q", ["ok"], {"top_n": 1.5}, "top_n must be a positive integer"),
+        ("q", 7, {}, "documents must be a list of strings"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(rr, query, docs, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        rr.rerank(query, docs, **kw)
+
+
+def test_bad_batch_size(rr):
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        rr.score("q", ["d"], batch_size=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Reranker(rr.path, device="cpu", max_batch_tokens=0)
+
+
+def test_token_budget_batches_match(rerank_fp32, rr):
+    small = Reranker(rerank_fp32, device="cpu", max_batch_tokens=128)  # one pair per pass
+    np.testing.assert_allclose(small.score(QUERIES[1], DOCS), rr.score(QUERIES[1], DOCS), atol=1e-6)
+
+
+def test_manifest_prompt_must_match_tokenizer(rerank_fp32, tmp_path):
+    import json
+    import shutil
+
+    from qexport.manifest import MANIFEST_NAME, ManifestError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(rerank_fp32, bad)
+    path = bad / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["rerank"]["suffix_ids"] = data["rerank"]["suffix_ids"][:-1]
+    path.chmod(0o644)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="suffix"):
+        Reranker(bad, device="cpu")
+
+
+def test_nan_output_is_an_error(rerank_fp32, tmp_path):
+    import shutil
+
+    import onnx
+
+    bad = tmp_path / "nan"
+    shutil.copytree(rerank_fp32, bad)
+    model = onnx.load(str(bad / "model.onnx"))
+    for init in model.graph.initializer:
+        if init.name == "score_weight_yes_minus_no":
+            w = onnx.numpy_helper.to_array(init).copy()
+            w[0] = np.nan
+            init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    (bad / "model.onnx").chmod(0o644)
+    onnx.save(model, str(bad / "model.onnx"))
+    with pytest.raises(FloatingPointError, match="NaN/Inf for 2 pair"):
+        Reranker(bad, device="cpu").score("q", ["a", "b"])
+
+
+def test_manifest_without_task_loads_as_embed(tiny_artifact):
+    import json
+
+    from qexport.manifest import MANIFEST_NAME, Manifest
+
+    data = json.loads((tiny_artifact / MANIFEST_NAME).read_text())
+    assert data["task"] == "embed" and data["rerank"] is None
+    for key in ("task", "rerank"):  # a manifest written before rerankers existed
+        del data[key]
+    m = Manifest.from_dict(data)
+    assert m.task == "embed" and m.rerank is None
