@@ -108,3 +108,25 @@ def test_manifest_without_task_loads_as_embed(tiny_artifact):
         del data[key]
     m = Manifest.from_dict(data)
     assert m.task == "embed" and m.rerank is None
+
+
+def test_long_documents_tokenised_from_a_prefix_match_the_whole(rr):
+    """A document far past max_length is tokenised only as far as its pair can hold; the kept
+    ids equal tokenising the whole body (tokenizers, no qexport code) and cutting it."""
+    from qexport.runtime.reranker import CLIP_CHARS_PER_TOKEN, MARGIN, TokenLimitError
+
+    enc = rr.encoder
+    clip = CLIP_CHARS_PER_TOKEN * (enc.body_budget + MARGIN)
+    docs = [
+        "word " * (clip // 2),  # long enough for the prefix path
+        "Zürich 東京 " * (clip // 5),  # multi-byte text, BPE merges across the cut
+        "x" * (3 * clip),  # one long pre-token: the prefix grows
+        "a short one",
+    ]
+    rows, truncated = enc.encode(QUERIES[0], docs)
+    assert truncated == 3
+    for body, row in zip(enc.bodies(QUERIES[0], docs, None), rows, strict=True):
+        whole = enc.tokenizer.encode(body, add_special_tokens=False).ids[: enc.body_budget]
+        assert row == enc.prefix + whole + enc.suffix
+    with pytest.raises(TokenLimitError, match="at most 100"):
+        enc.encode(QUERIES[0], docs, max_tokens=100)

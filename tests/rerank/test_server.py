@@ -132,3 +132,46 @@ def test_invalid_json_is_400(client):
         "/v1/rerank", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_rerank_route_is_hardened_like_embeddings(rerank_fp32, tmp_path):
+    """Auth, metrics, the body limit counted while reading (a chunked body too), bounded
+    tokenisation of a huge document, lone surrogates: the same rules as /v1/embeddings."""
+    psutil = pytest.importorskip("psutil")
+    from tests.server.conftest import qexport_serve
+
+    args = ("--api-key", "k3y", "--max-body-bytes", str(4 << 20))
+    with qexport_serve(rerank_fp32, tmp_path, *args) as srv:
+        auth = {"Authorization": "Bearer k3y"}
+        with httpx.Client(base_url=srv.base, timeout=60) as c:
+            ok = {"query": QUERIES[0], "documents": DOCS[:2]}
+            r = c.post("/v1/rerank", json=ok)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert c.post("/v1/rerank", json=ok, headers=auth).status_code == 200
+            assert c.get("/health").status_code == 200  # open for load balancers
+
+            def chunks():  # type: ignore[no-untyped-def]
+                yield b'{"query": "q", "documents": ["'
+                for _ in range(80):
+                    yield b"x" * (64 << 10)
+
+            r = c.post("/v1/rerank", content=chunks(), headers=auth)
+            assert r.status_code == 413 and "passed" in r.json()["error"]["message"]
+
+            rss = psutil.Process(srv.proc.pid).memory_info().rss
+            # 3.5 MB of text in one document: tokenised only as far as its pair can hold
+            huge = {"query": "q", "documents": ["word " * 700_000, "short"], "top_n": 1}
+            r = c.post("/v1/rerank", json=huge, headers=auth)
+            assert r.status_code == 200, r.text
+            grew = psutil.Process(srv.proc.pid).memory_info().rss - rss
+            assert grew < 200 << 20, grew
+
+            bad = b'{"query": "q", "documents": ["a\\ud800b"]}'
+            r = c.post(
+                "/v1/rerank", content=bad, headers={**auth, "content-type": "application/json"}
+            )
+            assert r.status_code == 400 and "documents[0]" in r.json()["error"]["message"]
+
+            text = c.get("/metrics", headers=auth).text
+            assert 'qexport_requests_total{route="/v1/rerank",status="200"}' in text
+            assert 'qexport_refusals_total{reason="body_too_large"}' in text
