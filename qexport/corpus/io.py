@@ -95,6 +95,8 @@ def json_object(line: str, where: str) -> dict[str, Any]:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{where}: invalid JSON ({exc.msg})") from exc
+    except ValueError as exc:  # an integer of more digits than int() converts
+        raise CorpusError(f"{where}: invalid JSON ({str(exc).split(':')[0]})") from exc
     except RecursionError:
         raise CorpusError(f"{where}: invalid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):

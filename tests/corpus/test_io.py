@@ -93,6 +93,11 @@ def _reject_everywhere(path, fmt, needle):
     ("name", "content", "needle"),
     [
         ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", "deep.jsonl:1: invalid JSON (nested"),
+        (
+            "big.jsonl",
+            '{"text": "a", "n": 1' + "0" * 5000 + "}\n",
+            "big.jsonl:1: invalid JSON (Exceeds",
+        ),
         ("list.jsonl", '{"text": "ok"}\n[1, 2]\n', "list.jsonl:2: expected a JSON object"),
         ("num.jsonl", '{"text": 5}\n', "num.jsonl:1: text field 'text' is int, not a string"),
         ("none.jsonl", '{"body": "a"}\n', "none.jsonl:1: no text field 'text'"),
