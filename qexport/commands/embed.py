@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import PurePosixPath
+from typing import Any
 
+from ..util import require
 from .errors import UsageError
 
-RAY_HINT = '--engine ray needs Ray: pip install "qexport[ray]"'
+# the options both engines take as they are, and those of --engine ray alone
+COMMON: tuple[str, ...] = ("artifact", "input", "output", "instruction", "dim", "verify")
+COMMON += ("max_batch_tokens", "id_column", "text_column")
+RAY_ONLY = ("address", "actors", "gpus_per_actor", "checkpoint_dir")
 OUTPUT_HELP = (
     "OUT.parquet (id, embedding; both engines: the local engine writes one file, --engine ray "
     "a folder of parquet files at that path; pyarrow.parquet.read_table reads either) or "
@@ -30,16 +35,20 @@ def _positive(text: str) -> int:
     return value
 
 
-def parse_actors(text: str) -> str:
-    """Check `N` or `MIN:MAX` (an autoscaling actor pool) with the Ray engine's parser (which
-    imports no Ray); passed on to it as the string."""
-    from ..corpus.ray_engine import parse_actors as parse
+def _actors(text: str) -> str:
+    """`--actors`: `N` or `MIN:MAX` (an autoscaling actor pool), checked by the Ray engine's
+    `parse_actors` (which imports no Ray); passed on to it as the string."""
+    from ..corpus.ray_job import parse_actors
 
     try:
-        parse(text)
+        parse_actors(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names}
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +101,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     ray = e.add_argument_group("ray engine")
     ray.add_argument("--address", default=None, help="Ray cluster: auto or ray://HOST:PORT")
-    ray.add_argument("--actors", type=parse_actors, default=None, help="N or MIN:MAX")
+    ray.add_argument("--actors", type=_actors, default=None, help="N or MIN:MAX")
     ray.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor")
     ray.add_argument(
         "--checkpoint-dir",
@@ -104,27 +113,15 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _run_ray(args)
-    ray_only = ("address", "actors", "gpus_per_actor", "checkpoint_dir")
-    given = [f"--{n.replace('_', '-')}" for n in ray_only if getattr(args, n) is not None]
+    given = [f"--{n.replace('_', '-')}" for n in RAY_ONLY if getattr(args, n) is not None]
     if given:
         raise UsageError(f"{', '.join(given)} only apply to --engine ray")
     from ..corpus.local import embed_corpus_local
 
     summary = embed_corpus_local(
-        args.artifact,
-        args.input,
-        args.output,
-        instruction=args.instruction,
-        dim=args.dim,
-        max_batch_tokens=args.max_batch_tokens,
-        id_column=args.id_column,
-        text_column=args.text_column,
-        device=args.device,
+        **_options(args, (*COMMON, "device", "chunk_rows", "overwrite")),
         batch_size=args.batch_size or 256,
-        chunk_rows=args.chunk_rows,
-        overwrite=args.overwrite,
         progress=not args.quiet,
-        verify=args.verify,
     )
     print(summary.line())
     return 0
@@ -142,26 +139,11 @@ def _run_ray(args: argparse.Namespace) -> int:
             "--overwrite does not apply to --engine ray (a rerun resumes from the checkpoint)"
         )
     try:
-        import ray  # noqa: F401  (only for --engine ray)
-    except ImportError:
-        raise UsageError(RAY_HINT) from None
+        require("ray.data", "--engine ray", "ray")  # only for --engine ray
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
     from ..corpus.ray_engine import embed_corpus_ray
 
-    summary = embed_corpus_ray(
-        artifact=args.artifact,
-        input=args.input,
-        output=args.output,
-        instruction=args.instruction,
-        dim=args.dim,
-        max_batch_tokens=args.max_batch_tokens,
-        id_column=args.id_column,
-        text_column=args.text_column,
-        address=args.address,
-        actors=args.actors,
-        gpus_per_actor=args.gpus_per_actor,
-        batch_size=args.batch_size,
-        checkpoint_dir=args.checkpoint_dir,
-        verify=args.verify,
-    )
+    summary = embed_corpus_ray(**_options(args, COMMON + RAY_ONLY), batch_size=args.batch_size)
     print(summary.line())
     return 0

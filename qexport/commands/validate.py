@@ -5,8 +5,6 @@ threshold, 2 usage error."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from .errors import UsageError
 
@@ -73,26 +71,15 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def read_texts(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"texts file {path!r} does not exist")
-    raw = p.read_text(encoding="utf-8")
-    if p.suffix == ".jsonl":
-        texts = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(str(json.loads(line)["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UsageError(
-                    f"{path}:{n}: expected a JSON object with a 'text' field"
-                ) from None
-    else:
-        texts = [line for line in raw.splitlines() if line.strip()]
-    if not texts:
-        raise UsageError(f"texts file {path!r} holds no text")
-    return texts
+    """`--texts`: read by the corpus record layer (`corpus.io.read_texts`: its limits and
+    errors); a problem with the file is a usage error."""
+    from ..corpus.io import CorpusError
+    from ..corpus.io import read_texts as read
+
+    try:
+        return read(path, "texts file")
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,6 @@
-"""Corpus readers and writers.
+"""The record layer: every text file qexport reads (a corpus for either engine, the validator's
+`--texts`, quantization's `--calibration`) goes through these readers, with the same limits
+and the same errors (`CorpusError`, one line naming the file, the line or row, and the problem).
 
 Inputs (records in file order, each an (id, text) pair):
 - `.txt`: one text per line; the id is the line number (1-based).
@@ -6,130 +8,103 @@ Inputs (records in file order, each an (id, text) pair):
   number when absent). Blank lines are skipped.
 - `.parquet`: a text column and an optional id column (the 1-based row number when absent).
 
-Outputs: `.npy` float32 [n, dim] in input order, or `.parquet` with columns `id` (string) and
-`embedding` (list<float32>), one row per input record, in input order.
+Texts are hostile input: a line (a record of .txt / .jsonl) is read at most
+`MAX_RECORD_CHARS` characters at a time and refused past that, before the rest of it is read;
+a parquet text is held to the same length. JSON nested past the parser's recursion limit
+and unpaired surrogates (a JSON "\\ud800", which no UTF-8 file can store) are refused naming
+the line, bytes that are not UTF-8 naming the last good line before them. Ids are strings
+of any length and content a JSON string can hold (the empty string and NUL included) within
+that limit.
 
-Ids are strings of any length and content a JSON string can hold (the empty string and NUL
-included), except unpaired surrogates, which no UTF-8 file can store: those, in an id or a
-text, are refused by `scan_ids` before any work, naming the record.
+The readers take an open stream (or a `pyarrow.parquet.ParquetFile`), so the Ray engine's
+numbering datasource reads object-store files with the same code (`records`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
-import numpy as np
+from ..util import require
 
-INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
-OUTPUT_SUFFIXES = (".npy", ".parquet")
-PYARROW_HINT = 'reading or writing parquet needs pyarrow: pip install "qexport[corpus]"'
+FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
+INPUT_SUFFIXES = tuple(FORMATS)
+MAX_RECORD_CHARS = 16 << 20  # characters in one line (or parquet text) at most
+PARQUET_BATCH_ROWS = 8192
 
 
 class CorpusError(ValueError):
     """A problem with the input corpus or the output path, named in one line."""
 
 
-@dataclass(frozen=True)
-class EmbedSummary:
-    """What one `qexport embed` run did (both engines): `written + resumed == rows`, the
-    number of input records; `resumed` rows were already done by an earlier run."""
-
-    rows: int
-    written: int
-    resumed: int
-    dim: int | None
-    seconds: float
-    output: str
-    engine: str = "local"
-    checkpoint_dir: str | None = None
-
-    def line(self) -> str:
-        rate = self.written / max(self.seconds, 1e-9)
-        resumed = f", {self.resumed} already done" if self.resumed else ""
-        dim = f"dim {self.dim}, " if self.dim else ""
-        return (
-            f"embedded {self.rows} texts ({self.written} written{resumed}) -> {self.output} "
-            f"({dim}{self.engine} engine) in {self.seconds:.1f} s ({rate:.1f} texts/s)"
+def suffix_format(path: str | Path, role: str, suffixes: tuple[str, ...]) -> str:
+    """The format named by `path`'s suffix (one of `suffixes`), or a CorpusError."""
+    suffix = PurePosixPath(str(path)).suffix.lower()
+    if suffix not in suffixes:
+        raise CorpusError(
+            f"{role} {str(path)!r}: unsupported type {suffix or '(none)'!r}; "
+            f"use one of {', '.join(suffixes)}"
         )
+    return suffix[1:]
 
 
 def input_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in INPUT_SUFFIXES:
-        raise CorpusError(
-            f"input {str(path)!r}: unsupported type {suffix or '(none)'!r}; "
-            f"use one of {', '.join(INPUT_SUFFIXES)}"
-        )
+    """The format of an input file: txt, jsonl or parquet (it must exist)."""
+    fmt = suffix_format(path, "input", INPUT_SUFFIXES)
     if not path.is_file():
         raise CorpusError(f"input {str(path)!r} does not exist")
-    return suffix[1:]
+    return fmt
 
 
-def output_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise CorpusError(
-            f"output {str(path)!r}: unsupported type {suffix or '(none)'!r}; "
-            f"use one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
-    if path.is_dir():
-        raise CorpusError(f"output {str(path)!r} is a directory; name a file")
-    return suffix[1:]
-
-
-def _stale_pid(name: str, output: Path) -> int | None:
-    """The pid in `.OUT.tmp-PID` / `.OUT.parts.done-PID` (our temp output and our finished
-    parts folder being removed), None for any other name."""
-    pattern = rf"\.{re.escape(output.name)}\.(?:tmp|parts\.done)-([0-9]+)"
-    match = re.fullmatch(pattern, name)
-    return int(match.group(1)) if match else None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a leftover of an earlier process that had this pid
+def pyarrow_modules() -> tuple[Any, Any]:
+    """(pyarrow, pyarrow.parquet), or a CorpusError naming the extra that brings them."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: a process of another account has that pid
-        return True
-    return True
-
-
-def remove_stale(output: Path) -> list[Path]:
-    """Remove what a killed run on `output` left next to it: the merge's temp file
-    `.OUT.tmp-PID` and a finished parts folder `.OUT.parts.done-PID` whose deletion was cut
-    short. Only these exact names, and only when process PID is gone."""
-    removed: list[Path] = []
-    if not output.parent.is_dir():
-        return removed
-    for entry in output.parent.iterdir():
-        pid = _stale_pid(entry.name, output)
-        if pid is None or _alive(pid):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-        removed.append(entry)
-    return removed
-
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        what = "reading or writing parquet"
+        return require("pyarrow", what, "corpus"), require("pyarrow.parquet", what, "corpus")
     except ImportError as exc:
-        raise CorpusError(PYARROW_HINT) from exc
-    return pa, pq
+        raise CorpusError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------- lines and JSON
+
+
+def lines(stream: IO[str], where: str, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline) of a text stream; a line longer than
+    `limit` characters (default MAX_RECORD_CHARS) is refused as soon as that many are read."""
+    limit = MAX_RECORD_CHARS if limit is None else limit
+    lineno = 0
+    try:
+        while line := stream.readline(limit + 1):
+            lineno += 1
+            text = line[:-1] if line.endswith("\n") else line
+            if len(text) > limit:
+                raise CorpusError(
+                    f"{where}:{lineno}: line longer than {limit} characters "
+                    "(the limit of one record)"
+                )
+            yield lineno, text
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{where}: not UTF-8 text after line {lineno} ({exc.reason})") from exc
+
+
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One .jsonl line as a JSON object, or a CorpusError naming `where`."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{where}: invalid JSON ({exc.msg})") from exc
+    except ValueError as exc:  # an integer of more digits than int() converts
+        raise CorpusError(f"{where}: invalid JSON ({str(exc).split(':')[0]})") from exc
+    except RecursionError:
+        raise CorpusError(f"{where}: invalid JSON (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+# ---------------------------------------------------------------- records
 
 
 def _id_value(value: Any, where: str, id_column: str) -> str:
@@ -140,78 +115,103 @@ def _id_value(value: Any, where: str, id_column: str) -> str:
     return str(value)
 
 
-def _text_value(value: Any, where: str, text_column: str) -> str:
-    if not isinstance(value, str):
-        what = "missing" if value is None else f"{type(value).__name__}, not a string"
+def _checked(where: str, rid: str, text: Any, text_column: str) -> tuple[str, str]:
+    """(rid, text) once the text is a string within the limit and both are valid Unicode."""
+    if not isinstance(text, str):
+        what = "missing" if text is None else f"{type(text).__name__}, not a string"
         raise CorpusError(f"{where}: text field {text_column!r} is {what}")
-    return value
+    if len(text) > MAX_RECORD_CHARS:
+        raise CorpusError(
+            f"{where}: text longer than {MAX_RECORD_CHARS} characters (the limit of one record)"
+        )
+    for what, value in (("id", rid), ("text", text)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CorpusError(
+                f"{where} (id {rid!r}): the {what} holds an unpaired surrogate "
+                f"U+{ord(value[exc.start]):04X} at position {exc.start}, which is not valid "
+                "Unicode text"
+            ) from None
+    return rid, text
 
 
-def _txt(path: Path) -> Iterator[tuple[str, str]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                yield str(lineno), line.rstrip("\n")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+def _txt(stream: IO[str], where: str, prefix: str) -> Iterator[tuple[str, str]]:
+    for lineno, line in lines(stream, where):
+        yield f"{prefix}{lineno}", line
 
 
-def _jsonl(path: Path, id_column: str, text_column: str) -> Iterator[tuple[str, str]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CorpusError(f"{where}: invalid JSON ({exc.msg})") from exc
-                if not isinstance(obj, dict):
-                    raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                if text_column not in obj:
-                    raise CorpusError(f"{where}: no text field {text_column!r}")
-                text = _text_value(obj[text_column], where, text_column)
-                raw_id = obj.get(id_column)
-                rid = str(lineno) if raw_id is None else _id_value(raw_id, where, id_column)
-                yield rid, text
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+def _jsonl(
+    stream: IO[str], where: str, id_column: str | None, text_column: str, prefix: str
+) -> Iterator[tuple[str, str]]:
+    for lineno, line in lines(stream, where):
+        if not line.strip():
+            continue
+        at = f"{where}:{lineno}"
+        obj = json_object(line, at)
+        if text_column not in obj:
+            raise CorpusError(f"{at}: no text field {text_column!r}")
+        raw_id = obj.get(id_column) if id_column is not None else None
+        rid = f"{prefix}{lineno}" if raw_id is None else _id_value(raw_id, at, id_column or "")
+        yield _checked(at, rid, obj[text_column], text_column)
 
 
-def _parquet(path: Path, id_column: str, text_column: str) -> Iterator[tuple[str, str]]:
-    _, pq = _pyarrow()
-    pf = pq.ParquetFile(path)
+def _parquet(
+    pf: Any, where: str, id_column: str | None, text_column: str, prefix: str
+) -> Iterator[tuple[str, str]]:
     names = pf.schema_arrow.names
     if text_column not in names:
-        raise CorpusError(f"{path}: no text column {text_column!r} (columns: {', '.join(names)})")
-    has_id = id_column in names
+        raise CorpusError(f"{where}: no text column {text_column!r} (columns: {', '.join(names)})")
+    has_id = id_column is not None and id_column in names
     columns = [text_column, id_column] if has_id else [text_column]
     row = 0
-    for batch in pf.iter_batches(batch_size=8192, columns=columns):
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
         texts = batch.column(text_column).to_pylist()
         ids = batch.column(id_column).to_pylist() if has_id else [None] * len(texts)
         for text, raw_id in zip(texts, ids, strict=True):
             row += 1
-            where = f"{path}: row {row}"
-            text = _text_value(text, where, text_column)
+            at = f"{where}: row {row}"
             if has_id and raw_id is None:
-                raise CorpusError(f"{where}: id column {id_column!r} is null")
-            rid = str(row) if raw_id is None else _id_value(raw_id, where, id_column)
-            yield rid, text
+                raise CorpusError(f"{at}: id column {id_column!r} is null")
+            rid = f"{prefix}{row}" if raw_id is None else _id_value(raw_id, at, id_column or "")
+            yield _checked(at, rid, text, text_column)
+
+
+def records(
+    source: Any,
+    fmt: str,
+    where: str,
+    id_column: str | None = "id",
+    text_column: str = "text",
+    prefix: str = "",
+) -> Iterator[tuple[str, str]]:
+    """(id, text) of every record of an open input, in order: `source` is a text stream
+    (txt, jsonl) or a `pyarrow.parquet.ParquetFile`. A record without an id (or every record,
+    with `id_column` None) gets `prefix` + its 1-based line (row) number."""
+    if fmt == "txt":
+        return _txt(source, where, prefix)
+    if fmt == "jsonl":
+        return _jsonl(source, where, id_column, text_column, prefix)
+    return _parquet(source, where, id_column, text_column, prefix)
+
+
+def _file_records(
+    path: Path, fmt: str, id_column: str | None, text_column: str
+) -> Iterator[tuple[str, str]]:
+    if fmt == "parquet":
+        pf = pyarrow_modules()[1].ParquetFile(path)
+        yield from records(pf, fmt, str(path), id_column, text_column)
+        return
+    with open(path, encoding="utf-8") as fh:
+        yield from records(fh, fmt, str(path), id_column, text_column)
 
 
 def iter_records(
     path: str | Path, id_column: str = "id", text_column: str = "text"
 ) -> Iterator[tuple[str, str]]:
-    """(id, text) for every record, in file order."""
+    """(id, text) for every record of an input file, in file order."""
     path = Path(path)
-    fmt = input_format(path)
-    if fmt == "txt":
-        return _txt(path)
-    if fmt == "jsonl":
-        return _jsonl(path, id_column, text_column)
-    return _parquet(path, id_column, text_column)
+    return _file_records(path, input_format(path), id_column, text_column)
 
 
 def scan_ids(path: str | Path, id_column: str = "id", text_column: str = "text") -> list[str]:
@@ -219,8 +219,7 @@ def scan_ids(path: str | Path, id_column: str = "id", text_column: str = "text")
     input order. Runs before any work so that a bad record fails the job up front."""
     ids: list[str] = []
     seen: set[str] = set()
-    for rid, text in iter_records(path, id_column, text_column):
-        _check_encodable(path, len(ids) + 1, rid, text)
+    for rid, _ in iter_records(path, id_column, text_column):
         if rid in seen:
             raise CorpusError(
                 f"{path}: id {rid!r} appears more than once (record {len(ids) + 1}); "
@@ -233,51 +232,17 @@ def scan_ids(path: str | Path, id_column: str = "id", text_column: str = "text")
     return ids
 
 
-def _check_encodable(path: str | Path, record: int, rid: str, text: str) -> None:
-    for what, value in (("id", rid), ("text", text)):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            bad = value[exc.start]
-            raise CorpusError(
-                f"{path}: record {record} (id {rid!r}): the {what} holds an unpaired surrogate "
-                f"U+{ord(bad):04X} at position {exc.start}, which is not valid Unicode text"
-            ) from None
-
-
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
-def embedding_table(ids: list[str], vectors: np.ndarray) -> Any:
-    """An arrow table with `id` (string) and `embedding` (list<float32>)."""
-    pa, _ = _pyarrow()
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
-    offsets = pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32))
-    emb = pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1), type=pa.float32()))
-    return pa.table({"id": pa.array(ids, type=pa.string()), "embedding": emb})
-
-
-def write_npy(final: Path, n: int, dim: int, blocks: Iterator[tuple[int, np.ndarray]]) -> None:
-    """Write float32 [n, dim] from (first row, block) pieces; atomic (temp file + rename)."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-    for start, block in blocks:
-        out[start : start + len(block)] = block
-    out.flush()
-    del out
-    _replace_atomically(tmp, final)
-
-
-def write_parquet(final: Path, tables: Iterator[tuple[list[str], np.ndarray]]) -> None:
-    """Write (ids, vectors) pieces in order to one parquet file; atomic (temp file + rename)."""
-    pa, pq = _pyarrow()
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32()))])
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for ids, vectors in tables:
-            writer.write_table(embedding_table(ids, vectors))
-    _replace_atomically(tmp, final)
+def read_texts(path: str | Path, what: str, text_column: str = "text") -> list[str]:
+    """The texts of a texts file (no ids), in order: `.jsonl` (the text field of each object)
+    or `.parquet` (the text column) as the corpus readers read them; a file of any other name
+    holds one text per line. Blank lines are skipped. `what` names the file in errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise CorpusError(f"{what} {str(p)!r} does not exist")
+    fmt = FORMATS.get(p.suffix.lower(), "txt")
+    texts = [text for _, text in _file_records(p, fmt, None, text_column)]
+    if fmt == "txt":
+        texts = [text for text in texts if text.strip()]
+    if not texts:
+        raise CorpusError(f"{what} {str(p)!r} has no texts")
+    return texts

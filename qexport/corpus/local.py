@@ -1,7 +1,7 @@
 """The in-process engine behind `qexport embed`: resumable and exactly-once.
 
 1. Check the paths (OUTPUT a file name, not a folder), remove what a killed run on OUTPUT
-   left (`io.remove_stale`), load the artifact (checksums verified unless verify=False), scan
+   left (`output.remove_stale`), load the artifact (checksums verified unless verify=False), scan
    the input (every record valid and encodable, ids unique) before any work.
 2. Open `OUTPUT.parts/` (lock, fingerprint), skip the ids already committed there.
 3. Stream the remaining records in chunks through `Embedder.embed_chunks` (the next chunk is
@@ -24,7 +24,6 @@ A run that fails before committing any part removes the parts folder it created.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import sys
@@ -38,30 +37,13 @@ import numpy as np
 
 from ..manifest import MANIFEST_NAME
 from ..runtime import Embedder
-from .io import (
-    CorpusError,
-    EmbedSummary,
-    _pyarrow,
-    input_format,
-    iter_records,
-    output_format,
-    remove_stale,
-    scan_ids,
-    write_npy,
-    write_parquet,
-)
+from ..util import sha256_file
+from .io import CorpusError, input_format, iter_records, pyarrow_modules, scan_ids
+from .output import EmbedSummary, output_format, remove_stale, write_npy, write_parquet
 from .parts import PartStore, done_dir_for, parts_dir_for
 
 log = logging.getLogger("qexport")
 MERGE_ROWS = 4096  # rows per parquet row group when the merge reorders
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fingerprint(
@@ -76,9 +58,9 @@ def fingerprint(
 ) -> dict[str, Any]:
     """Everything that changes the vectors or the rows (not speed knobs like batch sizes)."""
     return {
-        "artifact_manifest_sha256": _sha256(artifact / MANIFEST_NAME),
+        "artifact_manifest_sha256": sha256_file(artifact / MANIFEST_NAME),
         "input": str(input.resolve()),
-        "input_sha256": _sha256(input),
+        "input_sha256": sha256_file(input),
         "output_format": output_format(output),
         "instruction": instruction,
         "dim": dim,
@@ -288,7 +270,7 @@ def _output_matches(store: PartStore, ids: list[str], output: Path, fmt: str, di
             if got.dtype != np.float32 or got.shape != (len(ids), dim):
                 return False
         else:
-            table = _pyarrow()[1].read_table(output)
+            table = pyarrow_modules()[1].read_table(output)
             if table.column("id").to_pylist() != ids:
                 return False
             got = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)

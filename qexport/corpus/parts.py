@@ -11,7 +11,7 @@
 - A lock file keeps two runs from writing the same output at once.
 On restart the ids in the committed parts are skipped; at the end the parts are merged into
 OUTPUT (atomically), then the folder is renamed to `.OUTPUT.parts.done-PID` and removed (a kill
-during the removal leaves that name, which the next run removes: see `io.remove_stale`).
+during the removal leaves that name, which the next run removes: see `output.remove_stale`).
 """
 
 from __future__ import annotations

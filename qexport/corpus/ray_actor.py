@@ -8,14 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from .output import embedding_table
+
 FORWARD_ROWS = 256  # rows per forward pass at most (with max_batch_tokens), as the local engine
 
 
 class EmbedBatch:
     """One Embedder per Ray actor (built from the artifact path on the actor's node).
 
-    Takes a pyarrow batch with the id and text columns, returns `id` (string) and
-    `embedding` (list<float32>)."""
+    Takes a pyarrow batch with the id and text columns, returns the output table
+    (`output.embedding_table`: `id` string, `embedding` list<float32>)."""
 
     def __init__(
         self,
@@ -57,11 +59,7 @@ class EmbedBatch:
             if col.null_count:
                 row = pc.index(pc.is_null(col), True).as_py()
                 raise ValueError(f"{name} is missing (null) in a row (batch row {row})")
-        vectors = self.embed(texts.to_pylist())
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32))
-        embedding = pa.ListArray.from_arrays(offsets, flat)
-        return pa.table({"id": ids.combine_chunks(), "embedding": embedding})
+        return embedding_table(ids.combine_chunks(), self.embed(texts.to_pylist()))
 
 
 def string_id_filter_cls(input_id_column: str) -> type:

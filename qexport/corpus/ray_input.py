@@ -1,20 +1,22 @@
 """Input side of the Ray engine: paths and file systems, the input's format and columns, a
 datasource that numbers records without ids, and the input's record count (checked against
-the output after the run).
+the output after the run). Records are read, numbered and checked by the record layer
+(`io`), the same code as the local engine's, on any pyarrow file system.
 
 `ray` is imported only inside functions."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import posixpath
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".txt": "txt"}
+from .io import FORMATS, json_object, lines, records
+
 LINES_PER_BLOCK = 4096
 
 
@@ -51,8 +53,9 @@ def _files(fs: Any, root: str) -> list[str]:
     )
 
 
-def input_format(uri: str) -> tuple[str, list[str]]:
-    """(format, files) of INPUT: one .parquet/.jsonl/.txt file, or a folder of one kind."""
+def input_files(uri: str) -> tuple[str, list[str]]:
+    """(format, files) of INPUT: one .parquet/.jsonl/.txt file, or a folder of one kind (the
+    format named by the suffix, as `io.FORMATS` names it for the local engine)."""
     fs, root = _fs(uri)
     files = _files(fs, root)
     if not files:
@@ -66,15 +69,25 @@ def input_format(uri: str) -> tuple[str, list[str]]:
     return kinds.pop(), files  # type: ignore[return-value]
 
 
+@contextmanager
+def _open(fs: Any, path: str, fmt: str) -> Iterator[Any]:
+    """An input file on `fs` as the record layer reads it: a text stream, or a ParquetFile."""
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        with fs.open_input_file(path) as f:
+            yield pq.ParquetFile(f)
+    else:
+        with fs.open_input_stream(path) as f:
+            yield io.TextIOWrapper(f, encoding="utf-8")
+
+
 def _jsonl_fields(fs: Any, path: str) -> set[str]:
     """Field names of the first JSON object in a .jsonl file."""
-    with fs.open_input_stream(path) as f:
-        for n, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), 1):
+    with _open(fs, path, "jsonl") as stream:
+        for n, line in lines(stream, path):
             if line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: each line must be a JSON object")
-                return set(row)
+                return set(json_object(line, f"{path}:{n}"))
     return set()
 
 
@@ -97,61 +110,28 @@ def check_columns(fmt: str, files: list[str], uri: str, id_column: str, text_col
     return id_column in names
 
 
-def _parquet_texts(path: str, text_column: str) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
-    fs, p = _fs(path)
-    n = 0
-    with fs.open_input_file(p) as f:
-        for batch in pq.ParquetFile(f).iter_batches(
-            batch_size=LINES_PER_BLOCK, columns=[text_column]
-        ):
-            for text in batch.column(0).to_pylist():
-                n += 1
-                yield n, text
-
-
-def _line_texts(path: str, fmt: str, text_column: str) -> Iterator[tuple[int, Any]]:
-    fs, p = _fs(path)
-    with fs.open_input_stream(p) as f:
-        for n, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), 1):
-            line = line.rstrip("\n")
-            if fmt == "txt":
-                yield n, line
-            elif line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict) or text_column not in row:
-                    raise ValueError(f"{path}:{n}: no {text_column!r} field")
-                yield n, row[text_column]
-
-
 def _numbered_blocks(
-    path: str, prefix: str, fmt: str, id_column: str, text_column: str
+    uri: str, path: str, prefix: str, fmt: str, id_column: str, text_column: str
 ) -> Iterator[Any]:
-    """Blocks of (id = prefix + 1-based record number, text) of one input file."""
+    """Blocks of (id = prefix + 1-based record number, text) of one input file (`path` on the
+    file system of INPUT `uri`), numbered and checked by the record layer (`io.records`) as
+    the local engine numbers and checks them."""
     import pyarrow as pa
 
-    if fmt == "parquet":
-        rows = _parquet_texts(path, text_column)
-    else:
-        rows = _line_texts(path, fmt, text_column)
     ids: list[str] = []
-    texts: list[Any] = []
-    for n, text in rows:
-        if not isinstance(text, str):
-            raise ValueError(f"{path}: record {n}: {text_column!r} is not a string")
-        ids.append(f"{prefix}{n}")
-        texts.append(text)
-        if len(ids) == LINES_PER_BLOCK:
-            yield pa.table({id_column: ids, text_column: texts})
-            ids, texts = [], []
+    texts: list[str] = []
+    with _open(_fs(uri)[0], path, fmt) as source:
+        for rid, text in records(source, fmt, path, None, text_column, prefix):
+            ids.append(rid)
+            texts.append(text)
+            if len(ids) == LINES_PER_BLOCK:
+                yield pa.table({id_column: ids, text_column: texts})
+                ids, texts = [], []
     if ids:
         yield pa.table({id_column: ids, text_column: texts})
 
 
-def _numbered_source(
-    files: list[str], fmt: str, root: str, id_column: str, text_column: str
-) -> Any:
+def _numbered_source(files: list[str], fmt: str, uri: str, id_column: str, text_column: str) -> Any:
     """A Ray datasource for inputs without ids (.txt; .jsonl and .parquet without the id
     field): one read task per file; a row's id is its 1-based line (row) number, as the local
     engine numbers them (`file:line` when the input is a folder of several files). The id
@@ -168,6 +148,7 @@ def _numbered_source(
             self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
         ) -> list[Any]:
             tasks = []
+            root = _fs(uri)[1]
             for path in files:
                 prefix = "" if len(files) == 1 else posixpath.relpath(path, root) + ":"
                 meta = BlockMetadata(
@@ -175,7 +156,7 @@ def _numbered_source(
                 )
                 tasks.append(
                     ReadTask(
-                        partial(_numbered_blocks, path, prefix, fmt, id_column, text_column),
+                        partial(_numbered_blocks, uri, path, prefix, fmt, id_column, text_column),
                         meta,
                         per_task_row_limit=per_task_row_limit,
                     )
@@ -192,14 +173,13 @@ def read_input(
         return ray.data.read_parquet(uri).select_columns([id_column, text_column])
     if fmt == "jsonl" and has_ids:
         return ray.data.read_json(uri, lines=True, file_extensions=["jsonl"])
-    root = _fs(uri)[1]
-    src = _numbered_source(files, fmt, root, id_column, text_column)
+    src = _numbered_source(files, fmt, uri, id_column, text_column)
     return ray.data.read_datasource(src)
 
 
 def count_records(fmt: str, files: list[str], uri: str) -> int:
     """Records in the input, counted as the readers count them: parquet rows, .txt lines,
-    non-blank .jsonl lines."""
+    non-blank .jsonl lines (each line within the record layer's limit)."""
     fs, _ = _fs(uri)
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -207,7 +187,6 @@ def count_records(fmt: str, files: list[str], uri: str) -> int:
         return sum(pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows for f in files)
     n = 0
     for path in files:
-        with fs.open_input_stream(path) as f:
-            for line in io.TextIOWrapper(f, encoding="utf-8"):
-                n += 1 if fmt == "txt" or line.strip() else 0
+        with _open(fs, path, fmt) as stream:
+            n += sum(1 for _, line in lines(stream, path) if fmt == "txt" or line.strip())
     return n

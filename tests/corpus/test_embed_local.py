@@ -123,7 +123,7 @@ def test_engine_ray_without_ray(tiny_artifact, tmp_path, capsys, monkeypatch):
     argv = ["embed", str(tiny_artifact), str(src), "-o", str(tmp_path / "o.parquet")]
     assert main([*argv, "--engine", "ray"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith('--engine ray needs Ray: pip install "qexport[ray]"')
+    assert err.endswith("--engine ray needs the 'ray' extra: pip install \"qexport[ray]\"")
 
 
 def _parts_rows(parts_dir):

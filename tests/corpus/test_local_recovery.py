@@ -233,9 +233,9 @@ def test_output_that_is_a_directory_exits_2_before_work(tiny_artifact, tmp_path,
 @pytest.mark.parametrize(
     ("line", "needle"),
     [
-        ('{"id": "1", "text": "a\\ud800b"}', "record 2 (id '1'): the text holds an unpaired "
+        ('{"id": "1", "text": "a\\ud800b"}', "in.jsonl:2 (id '1'): the text holds an unpaired "
          "surrogate U+D800 at position 1"),
-        ('{"id": "x\\udfff", "text": "ok"}', "record 2 (id 'x\\udfff'): the id holds"),
+        ('{"id": "x\\udfff", "text": "ok"}', "in.jsonl:2 (id 'x\\udfff'): the id holds"),
     ],
 )  # fmt: skip
 def test_unencodable_text_exits_2_leaving_nothing(tiny_artifact, tmp_path, capsys, line, needle):

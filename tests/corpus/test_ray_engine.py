@@ -14,15 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qexport.corpus.ray_engine import (
-    EmbedBatch,
-    embed_corpus_ray,
-    input_format,
-    local_cpus,
-    make_job,
-    parse_actors,
-    run_job,
-)
+from qexport.corpus.ray_actor import EmbedBatch
+from qexport.corpus.ray_engine import embed_corpus_ray, run_job
+from qexport.corpus.ray_input import input_files
+from qexport.corpus.ray_job import IO_CPUS, actor_plan, local_cpus, make_job, parse_actors
 
 pa = pytest.importorskip("pyarrow")  # comes with qexport[ray]
 pq = pytest.importorskip("pyarrow.parquet")
@@ -46,16 +41,38 @@ def test_parse_actors_rejects(spec):
         parse_actors(spec)
 
 
-def test_input_format_errors(tmp_path):
+def test_input_files_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist or holds no files"):
-        input_format(str(tmp_path / "missing.parquet"))
+        input_files(str(tmp_path / "missing.parquet"))
     (tmp_path / "a.parquet").write_bytes(b"")
     (tmp_path / "b.csv").write_text("x")
     with pytest.raises(ValueError, match=r"one kind, found \['.csv', '.parquet'\]"):
-        input_format(str(tmp_path))
+        input_files(str(tmp_path))
     (tmp_path / "b.csv").unlink()
     (tmp_path / "_SUCCESS").write_text("")  # hidden names are not data
-    assert input_format(str(tmp_path)) == ("parquet", [str(tmp_path / "a.parquet")])
+    assert input_files(str(tmp_path)) == ("parquet", [str(tmp_path / "a.parquet")])
+
+
+@pytest.mark.parametrize(("cpus", "actors", "resuming"), [(5, "2", False), (16, None, True)])
+def test_actor_plan_keeps_cpus_for_ray_data(tmp_path, cpus, actors, resuming):
+    """Ray Data's read, repartition, write (and, resuming, checkpoint filter) operators keep
+    a CPU each; the actors share what is left, each with at least one onnxruntime thread."""
+    job = make_job(artifact=tmp_path, input=tmp_path, output=tmp_path / "o", actors=actors)
+    plan = actor_plan(job, cpus=cpus, gpus=0, node_cpus=cpus, resuming=resuming)
+    reserved = IO_CPUS + resuming
+    assert plan.hi * plan.cpus <= cpus - reserved and plan.cpus > 0 and plan.threads >= 1
+    assert plan.lo <= plan.hi
+
+
+def test_actor_plan_refuses_what_the_cluster_lacks(tmp_path):
+    job = make_job(artifact=tmp_path, input=tmp_path, output=tmp_path / "o", gpus_per_actor=1)
+    with pytest.raises(RuntimeError, match="--gpus-per-actor 1 but the Ray cluster has 0 GPU"):
+        actor_plan(job, cpus=8, gpus=0, node_cpus=8, resuming=False)
+    plan = actor_plan(job, cpus=8, gpus=2, node_cpus=8, resuming=False)
+    assert (plan.lo, plan.hi, plan.cpus) == (1, 2, None)  # one actor per GPU, Ray's CPU
+    many = make_job(artifact=tmp_path, input=tmp_path, output=tmp_path / "o", actors="40")
+    with pytest.raises(RuntimeError, match="keeps 3 for Ray Data's read"):
+        actor_plan(many, cpus=6, gpus=0, node_cpus=6, resuming=False)
 
 
 # ------------------------------------------------------------------ fixtures

@@ -38,20 +38,17 @@ class CalibrationError(ValueError):
 
 
 def load_texts(path: str | Path | None) -> list[str]:
-    """The built-in multilingual set, or a file with one text per line (blank lines skipped)."""
+    """The built-in multilingual set, or the texts of a file read by the corpus record layer
+    (`corpus.io.read_texts`: one text per line, blank lines skipped, or .jsonl / .parquet with
+    a `text` field; its limits and errors)."""
     if path is None:
         return list(BUILTIN_TEXTS)
-    p = Path(path)
-    if not p.is_file():
-        raise CalibrationError(f"calibration file {str(p)!r} does not exist")
+    from ...corpus.io import CorpusError, read_texts
+
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise CalibrationError(f"calibration file {str(p)!r} is not UTF-8 text: {exc}") from exc
-    texts = [line for line in lines if line.strip()]
-    if not texts:
-        raise CalibrationError(f"calibration file {str(p)!r} has no texts (one text per line)")
-    return texts
+        return read_texts(path, "calibration file")
+    except CorpusError as exc:
+        raise CalibrationError(str(exc)) from exc
 
 
 @dataclass
