@@ -122,7 +122,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_qwen3 import SHARED, real_texts
+    from bench_qwen3 import real_texts
+    from common import SHARED
 
     tok_src = SHARED / "qwen3-embedding" / "0.6B"  # one tokenizer for 0.6B, 4B and 8B
     DEVSHARED.mkdir(exist_ok=True)

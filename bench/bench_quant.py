@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DATA, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy level 4
     ("fp32", "fp32", []),
     ("fp16", "fp16", []),
@@ -110,7 +109,7 @@ def main() -> None:
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
-    pairs = load_sts(SHARED / "data" / "stsb" / "test.tsv")
+    pairs = load_sts(DATA / "stsb" / "test.tsv")
     texts = pairs.sentences[: args.texts]
     rows = []
     for model_name in args.models.split(","):

@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DATA, REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the optimum worker runs in a virtualenv without qexport
-from qexport.memory import peak_rss_mb  # noqa: E402
+from qexport.memory import peak_rss_mb
 
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 TOK = SHARED / "qwen3-embedding" / "0.6B"
 EOS = 151643
 CAP_GB = 14
@@ -87,11 +86,11 @@ def worker(engine: str, path: str, length: int) -> dict[str, float]:
 def real_texts(n: int, tokenizer) -> list[str]:  # type: ignore[no-untyped-def]
     """n real texts spread over 16..512 tokens: STS-B sentences and SciFact abstracts."""
     texts: list[str] = []
-    with open(SHARED / "data" / "scifact" / "corpus.jsonl", encoding="utf-8") as fh:
+    with open(DATA / "scifact" / "corpus.jsonl", encoding="utf-8") as fh:
         for line in fh:
             d = json.loads(line)
             texts.append(f"{d['title']} {d['text']}")
-    with open(SHARED / "data" / "stsb" / "test.tsv", encoding="utf-8") as fh:
+    with open(DATA / "stsb" / "test.tsv", encoding="utf-8") as fh:
         for line in fh:
             a, b, _ = line.rstrip("\n").split("\t")
             texts.append(f"{a} {b}")

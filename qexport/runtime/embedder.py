@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..manifest import Manifest, ManifestError, load_manifest
+from ..util import renormalise
 from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from .session import create_session
 from .tokenize import TextEncoder, check_texts, pad_right
@@ -242,7 +243,7 @@ class Embedder:
             return out
         out = out[:, :dim]
         if self.manifest.normalize:
-            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            out = renormalise(out)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def _prepare_texts(
