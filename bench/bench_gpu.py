@@ -378,6 +378,33 @@ def cmd_ort(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------ report
+def _engine_row(r: dict[str, Any], torch_r: dict[str, Any] | None, peak: float | None) -> str:
+    """One engine's row: throughput, ratio to PyTorch, MFU, memory, cosines, long sequences."""
+    ratio = r["tokens_per_s"] / torch_r["tokens_per_s"] if torch_r else float("nan")
+    mfu = r["flops"] / r["seconds"] / 1e12 / peak if peak else float("nan")
+    if "min_cosine" in r:
+        cos = f"{r['min_cosine']:.5f} / {r['mean_cosine']:.5f}"
+    elif "bf16_vs_fp32_min_cosine" in r:
+        cos = f"{r['bf16_vs_fp32_min_cosine']:.5f} / {r['bf16_vs_fp32_mean_cosine']:.5f}"
+    else:
+        cos = "-"
+    cells = []
+    by_len = {x["length"]: x for x in r.get("long", [])}
+    for n in LONG:
+        x = by_len.get(n)
+        if x is None:
+            cells.append("-")
+        elif "error" in x:
+            cells.append("fails")
+        else:
+            cells.append(f"{x['seconds']:.2f} / {x['gpu_peak_mb']:,.0f}")
+    name = r["engine"] + (" (flash off)" if r.get("flash_disabled") else "")
+    return (
+        f"| {name} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {mfu:.1%} | "
+        f"{r['gpu_peak_mb']:,.0f} | {cos} | " + " | ".join(cells) + " |"
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     res = {
         p.stem: json.loads(p.read_text())
@@ -394,30 +421,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             + " |",
             "|---" * (6 + len(LONG)) + "|",
         ]
-        for r in engines:
-            ratio = r["tokens_per_s"] / torch_r["tokens_per_s"] if torch_r else float("nan")
-            mfu = r["flops"] / r["seconds"] / 1e12 / peak if peak else float("nan")
-            if "min_cosine" in r:
-                cos = f"{r['min_cosine']:.5f} / {r['mean_cosine']:.5f}"
-            elif "bf16_vs_fp32_min_cosine" in r:
-                cos = f"{r['bf16_vs_fp32_min_cosine']:.5f} / {r['bf16_vs_fp32_mean_cosine']:.5f}"
-            else:
-                cos = "-"
-            cells = []
-            by_len = {x["length"]: x for x in r.get("long", [])}
-            for n in LONG:
-                x = by_len.get(n)
-                if x is None:
-                    cells.append("-")
-                elif "error" in x:
-                    cells.append("fails")
-                else:
-                    cells.append(f"{x['seconds']:.2f} / {x['gpu_peak_mb']:,.0f}")
-            name = r["engine"] + (" (flash off)" if r.get("flash_disabled") else "")
-            lines.append(
-                f"| {name} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {mfu:.1%} | "
-                f"{r['gpu_peak_mb']:,.0f} | {cos} | " + " | ".join(cells) + " |"
-            )
+        lines += [_engine_row(r, torch_r, peak) for r in engines]
     exports = [r for k, r in res.items() if k.startswith("export-")]
     if exports:
         lines += ["", "| export | rc | seconds | peak RSS GB | size GB |", "|---|---|---|---|---|"]
