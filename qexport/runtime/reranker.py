@@ -170,10 +170,7 @@ class Reranker:
             artifact, "rerank", device, threads, verify, max_batch_tokens, session_options
         )
         m = self.manifest
-        if m.rerank is None:
-            raise ManifestError(
-                f"{str(self.path)!r}: a rerank manifest without its 'rerank' prompt"
-            )
+        assert m.rerank is not None  # manifest_checks requires the prompt for task rerank
         self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = int(m.rerank.get("pad_id", 0))
