@@ -204,6 +204,7 @@ def cmd_torch(args: argparse.Namespace) -> None:
     import torch
 
     from qexport.runtime.batching import plan_batches
+    from qexport.util import row_cosines
     from qexport.validate.reference import TorchReference, last_token_pool
 
     workdir = Path(args.workdir)
@@ -226,7 +227,7 @@ def cmd_torch(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.empty_cache()
     bf16_vectors = ref.embed(parity, batch_size=8)
-    cos = np.sum(bf16_vectors * ref_vectors, axis=1)
+    cos = row_cosines(bf16_vectors, ref_vectors)
 
     lengths = [len(x) for x in tok(texts)["input_ids"]]
     plan = plan_batches(lengths, args.max_batch_tokens, args.batch_size)
@@ -317,6 +318,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
     from qexport.runtime import Embedder
     from qexport.runtime.batching import plan_batches
     from qexport.runtime.session import session_options
+    from qexport.util import row_cosines
 
     workdir = Path(args.workdir)
     art = workdir / args.artifact
@@ -340,7 +342,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
         ref = np.load(ref_path)
         if len(ref) != len(parity):
             raise SystemExit(f"{ref_path} holds {len(ref)} texts: run with --parity {len(ref)}")
-        cos = np.sum(ours * ref, axis=1)
+        cos = row_cosines(ours, ref)
         fidelity = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
     ids, _, _, _ = emb.tokenize(texts)
     lengths = [len(x) for x in ids]

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from common import DATA, SHARED
 
 VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy level 4
@@ -105,6 +104,7 @@ def main() -> None:
 
     from qexport.export.api import ExportOptions, export_onnx
     from qexport.runtime import Embedder
+    from qexport.util import row_cosines
     from qexport.validate.sts import cosine_spearman, load_sts
 
     warnings.simplefilter("ignore")
@@ -168,7 +168,7 @@ def main() -> None:
                 )
                 if label == "fp32":
                     base_emb, base_tps = vecs, tps
-                cos = np.sum(vecs * base_emb, axis=1)
+                cos = row_cosines(vecs, base_emb)
                 row.update(tps=round(tps, 1), vs_fp32=round(tps / base_tps, 2),
                            vs_torch=round(tps / torch_tps, 2), min_cos_fp32=round(float(cos.min()), 5))  # fmt: skip
                 if model_name == "minilm":
