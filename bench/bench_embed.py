@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from common import DATA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from qexport.util import row_cosines
 
 
 class PeakRSS:
@@ -68,7 +69,7 @@ def measure(fn: Callable[[], object], repeats: int) -> tuple[float, float, objec
 
 def load_texts(n: int) -> list[str]:
     texts = []
-    with open(SHARED / "data" / "scifact" / "corpus.jsonl", encoding="utf-8") as fh:
+    with open(DATA / "scifact" / "corpus.jsonl", encoding="utf-8") as fh:
         for line in fh:
             d = json.loads(line)
             texts.append((d["title"] + " " + d["text"]).strip())
@@ -129,9 +130,7 @@ def engines(args: argparse.Namespace, texts: list[str], tmp: Path) -> list[dict]
         vecs = np.asarray(vecs, dtype=np.float32)
         if ref is None:
             ref = vecs
-        cos = (
-            np.sum(vecs * ref, axis=1) / np.linalg.norm(vecs, axis=1) / np.linalg.norm(ref, axis=1)
-        )
+        cos = row_cosines(vecs, ref)
         rows.append({"engine": name, "s": secs, "docs_per_s": len(texts) / secs,
                      "peak_rss_mib": peak, "min_cos_vs_st": float(cos.min())})  # fmt: skip
     base = rows[0]["s"]

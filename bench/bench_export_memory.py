@@ -109,6 +109,7 @@ def parity(model: str, artifact: Path) -> dict[str, float]:
     import gc
 
     from qexport.runtime import Embedder
+    from qexport.util import row_cosines
     from qexport.validate.layerwise import LayerwiseReference
 
     start = time.perf_counter()
@@ -119,7 +120,7 @@ def parity(model: str, artifact: Path) -> dict[str, float]:
     gc.collect()
     start = time.perf_counter()
     ref = LayerwiseReference(model, tokenizer=str(artifact)).embed(TEXTS)
-    cos = np.sum(ours * ref, axis=1)
+    cos = row_cosines(ours, ref)
     return {
         "min_cosine": float(cos.min()),
         "onnxruntime_s": ort_s,

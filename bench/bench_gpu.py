@@ -122,7 +122,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_qwen3 import SHARED, real_texts
+    from bench_qwen3 import real_texts
+    from common import SHARED
 
     tok_src = SHARED / "qwen3-embedding" / "0.6B"  # one tokenizer for 0.6B, 4B and 8B
     DEVSHARED.mkdir(exist_ok=True)
@@ -203,6 +204,7 @@ def cmd_torch(args: argparse.Namespace) -> None:
     import torch
 
     from qexport.runtime.batching import plan_batches
+    from qexport.util import row_cosines
     from qexport.validate.reference import TorchReference, last_token_pool
 
     workdir = Path(args.workdir)
@@ -225,7 +227,7 @@ def cmd_torch(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.empty_cache()
     bf16_vectors = ref.embed(parity, batch_size=8)
-    cos = np.sum(bf16_vectors * ref_vectors, axis=1)
+    cos = row_cosines(bf16_vectors, ref_vectors)
 
     lengths = [len(x) for x in tok(texts)["input_ids"]]
     plan = plan_batches(lengths, args.max_batch_tokens, args.batch_size)
@@ -316,6 +318,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
     from qexport.runtime import Embedder
     from qexport.runtime.batching import plan_batches
     from qexport.runtime.session import session_options
+    from qexport.util import row_cosines
 
     workdir = Path(args.workdir)
     art = workdir / args.artifact
@@ -339,7 +342,7 @@ def cmd_ort(args: argparse.Namespace) -> None:
         ref = np.load(ref_path)
         if len(ref) != len(parity):
             raise SystemExit(f"{ref_path} holds {len(ref)} texts: run with --parity {len(ref)}")
-        cos = np.sum(ours * ref, axis=1)
+        cos = row_cosines(ours, ref)
         fidelity = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
     ids, _, _, _ = emb.tokenize(texts)
     lengths = [len(x) for x in ids]
@@ -377,6 +380,33 @@ def cmd_ort(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------ report
+def _engine_row(r: dict[str, Any], torch_r: dict[str, Any] | None, peak: float | None) -> str:
+    """One engine's row: throughput, ratio to PyTorch, MFU, memory, cosines, long sequences."""
+    ratio = r["tokens_per_s"] / torch_r["tokens_per_s"] if torch_r else float("nan")
+    mfu = r["flops"] / r["seconds"] / 1e12 / peak if peak else float("nan")
+    if "min_cosine" in r:
+        cos = f"{r['min_cosine']:.5f} / {r['mean_cosine']:.5f}"
+    elif "bf16_vs_fp32_min_cosine" in r:
+        cos = f"{r['bf16_vs_fp32_min_cosine']:.5f} / {r['bf16_vs_fp32_mean_cosine']:.5f}"
+    else:
+        cos = "-"
+    cells = []
+    by_len = {x["length"]: x for x in r.get("long", [])}
+    for n in LONG:
+        x = by_len.get(n)
+        if x is None:
+            cells.append("-")
+        elif "error" in x:
+            cells.append("fails")
+        else:
+            cells.append(f"{x['seconds']:.2f} / {x['gpu_peak_mb']:,.0f}")
+    name = r["engine"] + (" (flash off)" if r.get("flash_disabled") else "")
+    return (
+        f"| {name} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {mfu:.1%} | "
+        f"{r['gpu_peak_mb']:,.0f} | {cos} | " + " | ".join(cells) + " |"
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     res = {
         p.stem: json.loads(p.read_text())
@@ -393,30 +423,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             + " |",
             "|---" * (6 + len(LONG)) + "|",
         ]
-        for r in engines:
-            ratio = r["tokens_per_s"] / torch_r["tokens_per_s"] if torch_r else float("nan")
-            mfu = r["flops"] / r["seconds"] / 1e12 / peak if peak else float("nan")
-            if "min_cosine" in r:
-                cos = f"{r['min_cosine']:.5f} / {r['mean_cosine']:.5f}"
-            elif "bf16_vs_fp32_min_cosine" in r:
-                cos = f"{r['bf16_vs_fp32_min_cosine']:.5f} / {r['bf16_vs_fp32_mean_cosine']:.5f}"
-            else:
-                cos = "-"
-            cells = []
-            by_len = {x["length"]: x for x in r.get("long", [])}
-            for n in LONG:
-                x = by_len.get(n)
-                if x is None:
-                    cells.append("-")
-                elif "error" in x:
-                    cells.append("fails")
-                else:
-                    cells.append(f"{x['seconds']:.2f} / {x['gpu_peak_mb']:,.0f}")
-            name = r["engine"] + (" (flash off)" if r.get("flash_disabled") else "")
-            lines.append(
-                f"| {name} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {mfu:.1%} | "
-                f"{r['gpu_peak_mb']:,.0f} | {cos} | " + " | ".join(cells) + " |"
-            )
+        lines += [_engine_row(r, torch_r, peak) for r in engines]
     exports = [r for k, r in res.items() if k.startswith("export-")]
     if exports:
         lines += ["", "| export | rc | seconds | peak RSS GB | size GB |", "|---|---|---|---|---|"]

@@ -17,8 +17,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
+from common import DATA, SHARED
+
 PROJECTIONS = ("MatMul", "Gemm", "FusedMatMul", "MatMulNBits", "DynamicQuantizeMatMul")
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     from qexport.export.api import ExportOptions, export_onnx
     from qexport.validate.sts import load_sts
 
-    texts = load_sts(SHARED / "data" / "stsb" / "test.tsv").sentences[: args.texts]
+    texts = load_sts(DATA / "stsb" / "test.tsv").sentences[: args.texts]
     tok = SHARED / "qwen3-embedding" / "0.6B"
     models = {
         "minilm": (str(get_model_path()), ExportOptions(progress=False)),

@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from common import DATA, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy level 4
     ("fp32", "fp32", []),
     ("fp16", "fp16", []),
@@ -106,11 +104,12 @@ def main() -> None:
 
     from qexport.export.api import ExportOptions, export_onnx
     from qexport.runtime import Embedder
+    from qexport.util import row_cosines
     from qexport.validate.sts import cosine_spearman, load_sts
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
-    pairs = load_sts(SHARED / "data" / "stsb" / "test.tsv")
+    pairs = load_sts(DATA / "stsb" / "test.tsv")
     texts = pairs.sentences[: args.texts]
     rows = []
     for model_name in args.models.split(","):
@@ -169,7 +168,7 @@ def main() -> None:
                 )
                 if label == "fp32":
                     base_emb, base_tps = vecs, tps
-                cos = np.sum(vecs * base_emb, axis=1)
+                cos = row_cosines(vecs, base_emb)
                 row.update(tps=round(tps, 1), vs_fp32=round(tps / base_tps, 2),
                            vs_torch=round(tps / torch_tps, 2), min_cos_fp32=round(float(cos.min()), 5))  # fmt: skip
                 if model_name == "minilm":

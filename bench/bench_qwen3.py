@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DATA, REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the optimum worker runs in a virtualenv without qexport
-from qexport.memory import peak_rss_mb  # noqa: E402
+from qexport.memory import peak_rss_mb
 
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 TOK = SHARED / "qwen3-embedding" / "0.6B"
 EOS = 151643
 CAP_GB = 14
@@ -87,11 +86,11 @@ def worker(engine: str, path: str, length: int) -> dict[str, float]:
 def real_texts(n: int, tokenizer) -> list[str]:  # type: ignore[no-untyped-def]
     """n real texts spread over 16..512 tokens: STS-B sentences and SciFact abstracts."""
     texts: list[str] = []
-    with open(SHARED / "data" / "scifact" / "corpus.jsonl", encoding="utf-8") as fh:
+    with open(DATA / "scifact" / "corpus.jsonl", encoding="utf-8") as fh:
         for line in fh:
             d = json.loads(line)
             texts.append(f"{d['title']} {d['text']}")
-    with open(SHARED / "data" / "stsb" / "test.tsv", encoding="utf-8") as fh:
+    with open(DATA / "stsb" / "test.tsv", encoding="utf-8") as fh:
         for line in fh:
             a, b, _ = line.rstrip("\n").split("\t")
             texts.append(f"{a} {b}")
@@ -151,6 +150,59 @@ def export_plain(model, out: Path) -> None:  # type: ignore[no-untyped-def]
         dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
         external_data=True, optimize=True,
     )  # fmt: skip
+
+
+def ort_runner(path: Path, groups: list[list[int]], ids: list[list[int]]):  # type: ignore[no-untyped-def]
+    """A callable that runs every batch of `groups` through onnxruntime on the graph at `path`."""
+    from qexport.runtime.tokenize import pad_right
+
+    sess = _ort_session(str(path))
+    names = {i.name for i in sess.get_inputs()}
+
+    def go() -> None:
+        for g in groups:
+            batch, mask = pad_right([ids[i] for i in g])
+            feed = {"input_ids": batch, "attention_mask": mask}
+            if "position_ids" in names:
+                feed["position_ids"] = np.broadcast_to(
+                    np.arange(batch.shape[1]), batch.shape
+                ).astype(np.int64)
+            sess.run(None, feed)
+
+    return go
+
+
+def fresh_process_cell(python: str, kind: str, path: str, n: int) -> str:
+    """Peak RSS and seconds of one `n`-token sequence in a fresh worker process, or why not."""
+    proc = subprocess.run(
+        [python, __file__, "--worker", kind, path, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode == 0:
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        return f"{r['peak_rss_mb']:,.0f} MB / {r['seconds']:.1f} s"
+    err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    oom = "alloc" in err.lower() or "memory" in err.lower()
+    return "failed: " + ("out of memory (cap)" if oom else err[:60])
+
+
+def memory_table(
+    engines: dict[str, str], lengths: list[int], optimum_python: str | None
+) -> list[str]:
+    """The one-sequence table: a row per length, a fresh-process cell per engine."""
+    lines = ["| tokens | " + " | ".join(engines) + " |"]
+    lines.append("| ---: | " + " | ".join("---:" for _ in engines) + " |")
+    for n in lengths:
+        cells = []
+        for name, path in engines.items():
+            python = optimum_python if name == "optimum-onnx" else sys.executable
+            kind = "torch" if name.startswith("transformers") else "qexport" if name.startswith("qexport") else "ort"  # fmt: skip
+            cells.append(fresh_process_cell(python or sys.executable, kind, path, n))
+            print(n, name, cells[-1], flush=True)
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -230,27 +282,13 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     results["transformers fp32 (sdpa)"] = time_runs(run_torch, args.repeats)
 
-    from qexport.runtime.tokenize import pad_right
-
-    def run_ort(path: Path):  # type: ignore[no-untyped-def]
-        sess = _ort_session(str(path))
-        names = {i.name for i in sess.get_inputs()}
-
-        def go() -> None:
-            for g in groups:
-                ids, mask = pad_right([enc.ids[i] for i in g])
-                feed = {"input_ids": ids, "attention_mask": mask}
-                if "position_ids" in names:
-                    feed["position_ids"] = np.broadcast_to(
-                        np.arange(ids.shape[1]), ids.shape
-                    ).astype(np.int64)
-                sess.run(None, feed)
-
-        return go
-
-    results["plain torch.onnx export fp32"] = time_runs(run_ort(plain), args.repeats)
+    results["plain torch.onnx export fp32"] = time_runs(
+        ort_runner(plain, groups, enc.ids), args.repeats
+    )
     if (optimum / "model.onnx").exists():
-        results["optimum-onnx fp32"] = time_runs(run_ort(optimum / "model.onnx"), args.repeats)
+        results["optimum-onnx fp32"] = time_runs(
+            ort_runner(optimum / "model.onnx", groups, enc.ids), args.repeats
+        )
 
     base = results["transformers fp32 (sdpa)"]
     lines = [
@@ -275,40 +313,7 @@ def main() -> None:
         f"One sequence, peak RSS of a fresh process (MB) / seconds; address space capped at {CAP_GB} GB:",
         "",
     ]
-    lines.append("| tokens | " + " | ".join(engines) + " |")
-    lines.append("| ---: | " + " | ".join("---:" for _ in engines) + " |")
-    for n in args.lengths:
-        cells = []
-        for name, path in engines.items():
-            python = args.optimum_python if name == "optimum-onnx" else sys.executable
-            kind = (
-                "torch"
-                if name.startswith("transformers")
-                else "qexport"
-                if name.startswith("qexport")
-                else "ort"
-            )
-            proc = subprocess.run(
-                [python, __file__, "--worker", kind, path, str(n)],
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            if proc.returncode == 0:
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                cells.append(f"{r['peak_rss_mb']:,.0f} MB / {r['seconds']:.1f} s")
-            else:
-                err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                cells.append(
-                    "failed: "
-                    + (
-                        "out of memory (cap)"
-                        if "alloc" in err.lower() or "memory" in err.lower()
-                        else err[:60]
-                    )
-                )
-            print(n, name, cells[-1], flush=True)
-        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    lines += memory_table(engines, args.lengths, args.optimum_python)
     print("\n".join(lines))
     (work / "table.md").write_text("\n".join(lines) + "\n")
 

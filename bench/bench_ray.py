@@ -28,8 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-
-SHARED = Path(os.environ.get("QEXPORT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from common import DATA
 
 
 class PeakTreeRSS:
@@ -68,7 +67,7 @@ def write_corpus(path: Path, docs: int, synthetic: int | None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    scifact = SHARED / "data" / "scifact" / "corpus.jsonl"
+    scifact = DATA / "scifact" / "corpus.jsonl"
     if synthetic is None and scifact.exists():
         rows = [json.loads(line) for line in scifact.read_text().splitlines() if line.strip()]
         rows = rows[:docs]

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DATA, REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 
 
 def main() -> None:
@@ -51,7 +50,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
 
-    groups, info = beir_groups(SHARED / "data" / "scifact", args.queries, args.docs)
+    groups, info = beir_groups(DATA / "scifact", args.queries, args.docs)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rerank.", dir="/tmp") as tmp:
         ckpt = write_random_reranker(

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import DATA
 
-SHARED = Path(os.environ.get("QEXPORT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 KEY = "bench-key"
 VERSIONED = ("onnxruntime", "tokenizers", "fastapi", "uvicorn", "h11", "httpx", "prometheus-client")
 
@@ -42,7 +42,7 @@ def _version(dist: str) -> str:
 
 
 def scifact(docs: int) -> dict[str, list[str]]:
-    folder = SHARED / "data" / "scifact"
+    folder = DATA / "scifact"
     with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
         corpus = [json.loads(line) for line in fh][:docs]
     with open(folder / "queries.jsonl", encoding="utf-8") as fh:

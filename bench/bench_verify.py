@@ -23,11 +23,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qexport.manifest import load_manifest, sha256_file
+from common import DATA
+
+from qexport.manifest import load_manifest
 from qexport.runtime import Embedder
 from qexport.runtime.tokenize import check_texts
+from qexport.util import sha256_file
 
-SCIFACT = Path(os.environ.get("QEXPORT_SHARED", "../shared")) / "data" / "scifact" / "corpus.jsonl"
+SCIFACT = DATA / "scifact" / "corpus.jsonl"
 
 
 def drop_cache(path: Path) -> None:

@@ -1,12 +1,12 @@
 """The artifact manifest `qexport.json`: the one contract between export and runtime.
 
-Written by `qexport.export.artifact`, read by `qexport.runtime.artifact`. Plain dataclasses
-and json only, so the runtime can import it without torch or onnx.
+Written by `qexport.export.artifact`, read by the runtime (`qexport.runtime.embedder`,
+`qexport.runtime.reranker`), the validator and the corpus engines. Plain dataclasses and json
+only, so the runtime can import it without torch or onnx.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +19,7 @@ from .manifest_checks import (
     check_no_escaping_links,
     inside,
 )
+from .util import sha256_file as sha256_file  # re-exported: callers import it from here too
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "qexport.json"
@@ -96,14 +97,6 @@ class Manifest:
         data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
         data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
         return cls(**data)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(folder: str | Path) -> Manifest:

@@ -9,10 +9,30 @@ import os
 import sys
 from typing import Any
 
+from ..util import install_hint
 from .errors import UsageError
+from .options import from_args
 
-SERVE_HINT = 'qexport serve needs FastAPI and uvicorn: pip install "qexport[serve]"'
+SERVE_HINT = install_hint("qexport serve (FastAPI, uvicorn)", "serve")
 KEY_ENV = "QEXPORT_API_KEY"
+
+# the numeric limits: flag, type, default, help
+LIMITS: tuple[tuple[str, type, float, str], ...] = (
+    ("--max-batch-tokens", int, 16384, "padded tokens per forward pass"),
+    ("--max-wait-ms", float, 5.0, "how long the batcher waits for more requests (default 5 ms)"),
+    ("--max-queue", int, 256, "requests in flight before 503 (default 256)"),
+    ("--max-items", int, 2048, "inputs per request at most"),
+    ("--max-request-tokens", int, 1_000_000, "tokens per request at most"),
+    ("--max-body-bytes", int, 64 << 20, "request body bytes (default 64 MiB)"),
+    ("--request-timeout-s", float, 300.0, "answer within this many seconds or 504 (default 300)"),
+    (
+        "--read-timeout-s",
+        float,
+        30.0,
+        "request head and body must arrive within this many seconds (default 30)",
+    ),
+    ("--max-connections", int, 1024, "open connections at most (default 1024)"),
+)
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -42,40 +62,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no GET /metrics route, no per-request metrics middleware",
     )
-    s.add_argument(
-        "--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass"
-    )
-    s.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=5.0,
-        help="how long the batcher waits for more requests (default 5 ms)",
-    )
-    s.add_argument(
-        "--max-queue", type=int, default=256, help="requests in flight before 503 (default 256)"
-    )
-    s.add_argument("--max-items", type=int, default=2048, help="inputs per request at most")
-    s.add_argument(
-        "--max-request-tokens", type=int, default=1_000_000, help="tokens per request at most"
-    )
-    s.add_argument(
-        "--max-body-bytes", type=int, default=64 << 20, help="request body bytes (default 64 MiB)"
-    )
-    s.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=300.0,
-        help="answer within this many seconds or 504 (default 300)",
-    )
-    s.add_argument(
-        "--read-timeout-s",
-        type=float,
-        default=30.0,
-        help="request head and body must arrive within this many seconds (default 30)",
-    )
-    s.add_argument(
-        "--max-connections", type=int, default=1024, help="open connections at most (default 1024)"
-    )
+    for flag, kind, default, text in LIMITS:
+        s.add_argument(flag, type=kind, default=default, help=text)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -113,16 +101,10 @@ def run(args: argparse.Namespace) -> int:
     from ..server.config import ServerConfig
     from ..server.run import bind, exposure_warning, serve
 
-    config = ServerConfig(
-        model_name=args.model_name,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        max_items=args.max_items,
-        max_request_tokens=args.max_request_tokens,
-        max_body_bytes=args.max_body_bytes,
+    config = from_args(
+        ServerConfig,
+        args,
         api_key=args.api_key if args.api_key is not None else os.environ.get(KEY_ENV) or None,
-        request_timeout_s=args.request_timeout_s,
-        read_timeout_s=args.read_timeout_s,
         metrics=not args.no_metrics,
     )
     try:

@@ -5,8 +5,13 @@ threshold, 2 usage error."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .options import from_args
+
+if TYPE_CHECKING:
+    from ..validate.suite import ValidateOptions
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -98,8 +103,29 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_embed(args: argparse.Namespace) -> int:
     from ..validate.report import write_report
+    from ..validate.suite import run_validation
+
+    report = run_validation(args.artifact, _embed_options(args))
+    _print_summary(report)
+    if args.report:
+        paths = write_report(report, args.report)
+        print(f"report: {paths['html']}")
+    for c in report["checks"]:
+        if c["status"] == "fail":
+            print(
+                f"FAIL: {c['name']} = {_f(c['value'])} ({c['comparison']} {c['threshold']} required)"
+                + _worst(c)
+            )
+    if report["verdict"] == "fail":
+        return 1
+    print("PASS")
+    return 0
+
+
+def _embed_options(args: argparse.Namespace) -> ValidateOptions:
+    """The checked arguments as `ValidateOptions` (UsageError on the first bad one)."""
     from ..validate.retrieval import DatasetError, load_beir
-    from ..validate.suite import ValidateOptions, run_validation
+    from ..validate.suite import ValidateOptions
     from ..validate.thresholds import parse_overrides
 
     try:
@@ -120,24 +146,19 @@ def _run_embed(args: argparse.Namespace) -> int:
         except (DatasetError, OSError) as exc:
             raise UsageError(str(exc)) from None
     texts = read_texts(args.texts) if args.texts else None
-    opts = ValidateOptions(
-        reference=args.reference,
+    return from_args(
+        ValidateOptions,
+        args,
         texts=texts,
         texts_source=args.texts or "built-in",
-        dataset=args.dataset,
-        max_corpus=args.max_corpus,
-        max_queries=args.max_queries,
-        device=args.device,
         thresholds=thresholds,
         speed=bool(args.report) if args.speed is None else args.speed,
-        batch_sizes=args.batch_sizes,
-        lengths=args.lengths,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        seed=args.seed,
         progress=not args.quiet,
     )
-    report = run_validation(args.artifact, opts)
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    """Fidelity, then retrieval and speed when they ran, one line each."""
     pt = report["fidelity"]["per_text"]
     threshold = report["thresholds"]["cosine_min"]
     providers = ",".join(report["environment"]["onnxruntime_providers_used"])
@@ -158,19 +179,6 @@ def _run_embed(args: argparse.Namespace) -> int:
             f"speed: up to {best['onnxruntime']['tokens_per_s']:.0f} tokens/s (batch "
             f"{best['batch_size']}, length {best['length']}), {best['speedup']:.2f}x PyTorch there"
         )
-    if args.report:
-        paths = write_report(report, args.report)
-        print(f"report: {paths['html']}")
-    for c in report["checks"]:
-        if c["status"] == "fail":
-            print(
-                f"FAIL: {c['name']} = {_f(c['value'])} ({c['comparison']} {c['threshold']} required)"
-                + _worst(c)
-            )
-    if report["verdict"] == "fail":
-        return 1
-    print("PASS")
-    return 0
 
 
 def _f(v: object) -> str:

@@ -4,7 +4,6 @@ renamed to the destination only when complete, so a failure leaves nothing half-
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -18,8 +17,9 @@ from ..manifest import (
     GRAPH_NAME,
     MANIFEST_NAME,
     Manifest,
-    sha256_file,
 )
+from ..util import library_versions as library_versions  # re-exported for export.api / rerank
+from ..util import sha256_file
 from .staging import (
     STAGING_MARKER,
     apply_umask,
@@ -40,23 +40,6 @@ EXTERNAL_THRESHOLD = 256 << 20
 
 class OutputError(ValueError):
     """The output folder cannot be written."""
-
-
-def library_versions() -> dict[str, str]:
-    out = {}
-    for pkg in (
-        "qexport",
-        "onnx",
-        "onnx-ir",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "torch",
-        "transformers",
-        "tokenizers",
-    ):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[pkg] = importlib.metadata.version(pkg)
-    return out
 
 
 def _absolute(out: str | Path) -> Path:

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..manifest import Manifest, ManifestError, load_manifest
+from ..manifest import ManifestError
+from ..util import renormalise
 from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
-from .session import create_session
+from .session import open_artifact
 from .tokenize import TextEncoder, check_texts, pad_right
 
 # embed() tokenises this many texts at a time (sorted and packed within the window); the
@@ -68,29 +69,12 @@ class Embedder:
         io_binding: bool | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
-        self.path = Path(artifact)
-        self.manifest: Manifest = load_manifest(self.path, verify=verify)
+        self.path, self.manifest, self.session = open_artifact(
+            artifact, "embed", device, threads, verify, max_batch_tokens, session_options
+        )
         m = self.manifest
-        if m.task != "embed":
-            raise ValueError(
-                f"{str(self.path)!r} is a {m.task} artifact, not an embedding model: "
-                "use qexport.runtime.Reranker"
-            )
         self._inputs = m.input_names
         self._output = "sentence_embedding"
-        try:
-            self.session = create_session(
-                self.path / m.graph_file, device, m.precision, threads, options=session_options
-            )
-        except (ValueError, RuntimeError):
-            raise
-        except Exception as exc:  # onnxruntime's own Fail / InvalidProtobuf / InvalidGraph
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            if len(first) > 400:  # onnxruntime puts its reason after a long C++ signature
-                first = f"{first[:120]} ... {first[-260:]}"
-            raise ManifestError(f"graph {m.graph_file!r} cannot be loaded: {first}") from exc
         self._check_graph()
         self.encoder = TextEncoder(
             self.path, m.max_length, m.instruction_template, tokenizer_file=m.tokenizer_file
@@ -242,7 +226,7 @@ class Embedder:
             return out
         out = out[:, :dim]
         if self.manifest.normalize:
-            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            out = renormalise(out)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def _prepare_texts(

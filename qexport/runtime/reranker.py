@@ -19,9 +19,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from ..manifest import Manifest, ManifestError, load_manifest
+from ..manifest import ManifestError
 from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
-from .session import create_session
+from .session import open_artifact
 from .tokenize import pad_right
 
 MARGIN = 64  # tokens past the body budget before a prefix's ids are trusted
@@ -166,20 +166,12 @@ class Reranker:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
-        self.path = Path(artifact)
-        self.manifest: Manifest = load_manifest(self.path, verify=verify)
-        m = self.manifest
-        if m.task != "rerank" or m.rerank is None:
-            raise ValueError(
-                f"{str(self.path)!r} is an embedding artifact (task {m.task!r}), not a reranker: "
-                "use qexport.runtime.Embedder"
-            )
-        self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
-        self.session = create_session(
-            self.path / m.graph_file, device, m.precision, threads, options=session_options
+        self.path, self.manifest, self.session = open_artifact(
+            artifact, "rerank", device, threads, verify, max_batch_tokens, session_options
         )
+        m = self.manifest
+        assert m.rerank is not None  # manifest_checks requires the prompt for task rerank
+        self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = int(m.rerank.get("pad_id", 0))
 

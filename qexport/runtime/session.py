@@ -1,4 +1,5 @@
-"""onnxruntime session: execution providers, CPU fallback, session options."""
+"""onnxruntime session: execution providers, CPU fallback, session options; `open_artifact`
+loads an artifact's manifest and graph for the Embedder and the Reranker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import warnings
 from pathlib import Path
 
 import onnxruntime as ort
+
+from ..manifest import Manifest, ManifestError, load_manifest
 
 log = logging.getLogger("qexport")
 _warned_fallback = False
@@ -116,3 +119,43 @@ def create_session(
     if precision == "bf16" and not got_cuda:
         raise DeviceError(bf16_msg)
     return sess
+
+
+# an artifact of each task, and what it is not when opened as the other
+TASK_NOUN = {"embed": "an embedding", "rerank": "a rerank"}
+WRONG_TASK = {
+    "embed": "not an embedding model: use qexport.runtime.Reranker",
+    "rerank": "not a reranker: use qexport.runtime.Embedder",
+}
+
+
+def open_artifact(
+    artifact: str | Path,
+    task: str,
+    device: str,
+    threads: int | None,
+    verify: bool,
+    max_batch_tokens: int,
+    options: ort.SessionOptions | None,
+) -> tuple[Path, Manifest, ort.InferenceSession]:
+    """The artifact folder, its checked manifest (a `task` one) and its graph's session.
+
+    ValueError for a bad `max_batch_tokens` or another task's artifact; ManifestError for a
+    graph that onnxruntime cannot load (its first line of reason kept)."""
+    if max_batch_tokens < 1:
+        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    path = Path(artifact)
+    m = load_manifest(path, verify=verify)
+    if m.task != task:
+        noun = TASK_NOUN.get(m.task, f"a {m.task!r}")
+        raise ValueError(f"{str(path)!r} is {noun} artifact, {WRONG_TASK[task]}")
+    try:
+        session = create_session(path / m.graph_file, device, m.precision, threads, options)
+    except (ValueError, RuntimeError):
+        raise
+    except Exception as exc:  # onnxruntime's own Fail / InvalidProtobuf / InvalidGraph
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if len(first) > 400:  # onnxruntime puts its reason after a long C++ signature
+            first = f"{first[:120]} ... {first[-260:]}"
+        raise ManifestError(f"graph {m.graph_file!r} cannot be loaded: {first}") from exc
+    return path, m, session

@@ -16,7 +16,7 @@ import json
 import queue
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from ..runtime import Embedder
@@ -302,6 +302,33 @@ def base_app(
     return app
 
 
+def post_route(
+    app: FastAPI,
+    path: str,
+    request_model: type[BaseModel],
+    response_model: type[BaseModel],
+    handler: Callable[[Request], Awaitable[Response]],
+) -> None:
+    """POST `path`, answered by `handler`, which reads and checks the body itself (bounded
+    reads, its own error shape); the request schema is declared for the OpenAPI page, and the
+    route is named after the handler."""
+
+    @app.post(
+        path,
+        name=handler.__name__,
+        response_model=response_model,
+        responses={c: {"model": ErrorResponse} for c in (400, 401, 408, 413, 422, 503, 504)},
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": request_model.model_json_schema()}},
+                "required": True,
+            }
+        },
+    )
+    async def route(request: Request) -> Response:
+        return await handler(request)
+
+
 def create_app(embedder: Embedder, config: ServerConfig | None = None) -> FastAPI:
     cfg = config or ServerConfig()
     cfg.check()
@@ -318,18 +345,6 @@ def create_app(embedder: Embedder, config: ServerConfig | None = None) -> FastAP
     app.state.batcher = svc.batcher
     app.state.embedder = embedder
 
-    @app.post(
-        "/v1/embeddings",
-        response_model=EmbeddingResponse,
-        responses={c: {"model": ErrorResponse} for c in (400, 401, 408, 413, 422, 503, 504)},
-        openapi_extra={
-            "requestBody": {
-                "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
-                "required": True,
-            }
-        },
-    )
-    async def embeddings(request: Request) -> Response:
-        return await svc.embeddings(request)
+    post_route(app, "/v1/embeddings", EmbeddingRequest, EmbeddingResponse, svc.embeddings)
 
     return app

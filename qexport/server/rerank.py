@@ -25,11 +25,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime.reranker import Reranker, TokenLimitError, ranked, sigmoid
-from .app import SCAN_ABOVE, base_app, parse_request, read_body
+from .app import SCAN_ABOVE, base_app, parse_request, post_route, read_body
 from .config import ServerConfig
 from .errors import ApiError, error_response
 from .metrics import Metrics
-from .schemas import ErrorResponse
 
 
 class RerankRequest(BaseModel):
@@ -202,18 +201,6 @@ def create_rerank_app(reranker: Reranker, config: ServerConfig | None = None) ->
     app = base_app("qexport reranker", cfg, metrics, svc.health, svc.name)
     app.state.reranker = reranker
 
-    @app.post(
-        "/v1/rerank",
-        response_model=RerankResponse,
-        responses={c: {"model": ErrorResponse} for c in (400, 401, 408, 413, 422, 503, 504)},
-        openapi_extra={
-            "requestBody": {
-                "content": {"application/json": {"schema": RerankRequest.model_json_schema()}},
-                "required": True,
-            }
-        },
-    )
-    async def rerank(request: Request) -> Response:
-        return await svc.rerank(request)
+    post_route(app, "/v1/rerank", RerankRequest, RerankResponse, svc.rerank)
 
     return app

@@ -6,20 +6,9 @@ import os
 import platform
 import subprocess
 import sys
-from importlib import metadata
 from typing import Any
 
-LIBRARIES = (
-    "qexport",
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnx",
-    "numpy",
-    "tokenizers",
-    "torch",
-    "transformers",
-    "sentence-transformers",
-)
+from ..util import library_versions
 
 
 def cpu_name() -> str:
@@ -58,16 +47,6 @@ def gpu_names() -> list[str]:
     )
 
 
-def versions() -> dict[str, str]:
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def collect(providers_used: list[str], reference_device: str | None = None) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -78,7 +57,7 @@ def collect(providers_used: list[str], reference_device: str | None = None) -> d
         "cpu_count": os.cpu_count(),
         "memory_gb": memory_gb(),
         "gpus": gpu_names(),
-        "libraries": versions(),
+        "libraries": library_versions(),
         "onnxruntime_available_providers": ort.get_available_providers(),
         "onnxruntime_providers_used": providers_used,
         "reference_device": reference_device,

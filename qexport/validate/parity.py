@@ -1,16 +1,12 @@
-"""Minimal parity check: per-text cosine of the artifact against the PyTorch reference."""
+"""The PyTorch reference an artifact is compared with, and the default minimum per-text cosine
+of each precision."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..manifest import load_manifest
-from ..runtime import Embedder
-from ..texts import BUILTIN_TEXTS
 from .reference import TorchReference
 
 DEFAULT_THRESHOLDS = {
@@ -21,14 +17,6 @@ DEFAULT_THRESHOLDS = {
     "int4": 0.98,
     "int8-dynamic": 0.99,
 }
-
-
-@dataclass
-class ParityResult:
-    texts: list[str]
-    cosines: np.ndarray
-    precision: str
-    providers: list[str]
 
 
 def load_reference(
@@ -53,19 +41,3 @@ def load_reference(
         elif device == "cuda":
             note = "the PyTorch reference ran on CPU (torch has no CUDA here)"
     return TorchReference(reference, **kwargs), ref_device, note
-
-
-def check_parity(
-    artifact: str | Path, reference: str, *, texts: list[str] | None = None, device: str = "cpu"
-) -> ParityResult:
-    artifact = Path(artifact)
-    manifest = load_manifest(artifact, verify=True)
-    texts = list(texts or BUILTIN_TEXTS)
-    emb = Embedder(artifact, device=device)
-    ours = emb.embed(texts)
-    ref, _, _ = load_reference(reference, artifact, "cpu")
-    theirs = ref.embed(texts)
-    cos = np.sum(ours * theirs, axis=1) / (
-        np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
-    )
-    return ParityResult(texts, cos, manifest.precision, emb.providers)

@@ -10,7 +10,6 @@ engines (rerank_speed.py). The report is json, Markdown and HTML like the embedd
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 from ..manifest import Manifest, load_manifest
 from ..runtime import Reranker
 from .environment import collect
-from .report import _CSS, Section, _fmt, _inline_md, _short
+from .render import Section, fmt, html_page, markdown, short, write_files
 from .rerank_speed import Groups, beir_groups, measure
 
 REPORT_SCHEMA = "qexport.validate.rerank-report"
@@ -242,9 +241,9 @@ def sections(r: dict[str, Any]) -> list[Section]:
             [
                 [
                     c["name"],
-                    _fmt(c["value"]),
+                    fmt(c["value"]),
                     c["comparison"],
-                    _fmt(c["threshold"]),
+                    fmt(c["threshold"]),
                     c["status"].upper(),
                 ]
                 for c in r["checks"]
@@ -252,16 +251,16 @@ def sections(r: dict[str, Any]) -> list[Section]:
         )
     )
     agree = Section("Agreement with the card recipe")
-    agree.tables.append((["metric", "value"], [[k, _fmt(v)] for k, v in a.items() if k != "worst"]))
+    agree.tables.append((["metric", "value"], [[k, fmt(v)] for k, v in a.items() if k != "worst"]))
     agree.tables.append(
         (
             ["query", "document", "log-odds (ours)", "log-odds (reference)"],
             [
                 [
-                    _short(w["query"], 40),
-                    _short(w["document"]),
-                    _fmt(w["ours"]),
-                    _fmt(w["reference"]),
+                    short(w["query"], 40),
+                    short(w["document"]),
+                    fmt(w["ours"]),
+                    fmt(w["reference"]),
                 ]
                 for w in a["worst"]
             ],
@@ -280,9 +279,9 @@ def sections(r: dict[str, Any]) -> list[Section]:
                 [
                     [
                         e,
-                        _fmt(s[e]["pairs_per_s"]),
-                        _fmt(s[e]["peak_rss_mb"]),
-                        _fmt(s[e]["rss_after_load_mb"]),
+                        fmt(s[e]["pairs_per_s"]),
+                        fmt(s[e]["peak_rss_mb"]),
+                        fmt(s[e]["rss_after_load_mb"]),
                     ]
                     for e in ("onnxruntime", "pytorch")
                 ],
@@ -302,60 +301,14 @@ def sections(r: dict[str, Any]) -> list[Section]:
     return out
 
 
-def _markdown(r: dict[str, Any]) -> str:
-    lines = [f"# qexport reranker validation report: {r['verdict'].upper()}", ""]
-    for s in sections(r):
-        lines += [f"## {s.title}", "", *[x for line in s.lines for x in (line, "")]]
-        for head, rows in s.tables:
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            lines += [
-                "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows
-            ]
-            lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _html(r: dict[str, Any]) -> str:
-    import html
-
-    body = [
-        f"<h1 class='verdict-{r['verdict']}'>qexport reranker validation report: "
-        f"{r['verdict'].upper()}</h1>"
-    ]
-    for s in sections(r):
-        body.append(f"<h2>{html.escape(s.title)}</h2>")
-        body += [f"<p>{_inline_md(line.removeprefix('- '))}</p>" for line in s.lines]
-        for head, rows in s.tables:
-            body.append(
-                "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-            )
-            for row in rows:
-                cls = [{"PASS": "pass", "FAIL": "fail"}.get(str(c), "") for c in row]
-                body.append(
-                    "<tr>"
-                    + "".join(
-                        f"<td class='{k}'>{html.escape(str(c))}</td>"
-                        for c, k in zip(row, cls, strict=True)
-                    )
-                    + "</tr>"
-                )
-            body.append("</table>")
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>qexport reranker validation"
-        f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
-    )
+HEADING = "qexport reranker validation report"
 
 
 def write_rerank_report(r: dict[str, Any], folder: str | Path) -> dict[str, Path]:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {k: folder / f"report.{k}" for k in ("json", "md", "html")}
-    paths["json"].write_text(
-        json.dumps(r, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    paths["md"].write_text(_markdown(r), encoding="utf-8")
-    paths["html"].write_text(_html(r), encoding="utf-8")
-    return paths
+    """Write report.json, report.md and report.html into `folder` (created)."""
+    secs = sections(r)
+    md = markdown(f"{HEADING}: {r['verdict'].upper()}", secs)
+    return write_files(r, folder, md, html_page(HEADING, r["verdict"], secs))
 
 
 def parse_thresholds(spec: str | None) -> dict[str, float | None]:

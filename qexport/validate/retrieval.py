@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util import renormalise
+
 # Published nDCG@10 (MTEB results), keyed by (model, dataset). Comparable only on the full
 # corpus and query set, at the model's published max length.
 PUBLISHED_NDCG10: dict[tuple[str, str], float] = {
@@ -134,9 +136,7 @@ def search(
     query_emb: np.ndarray, corpus_emb: np.ndarray, corpus_ids: list[str], k: int = 100
 ) -> list[list[tuple[str, float]]]:
     """Top-k corpus ids and cosine scores per query (embeddings L2-normalised here)."""
-    q = query_emb / np.maximum(np.linalg.norm(query_emb, axis=1, keepdims=True), 1e-12)
-    c = corpus_emb / np.maximum(np.linalg.norm(corpus_emb, axis=1, keepdims=True), 1e-12)
-    scores = q @ c.T
+    scores = renormalise(query_emb) @ renormalise(corpus_emb).T
     k = min(k, scores.shape[1])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     out = []

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util import row_cosines
+
 # Published STS Benchmark test Spearman (MTEB results).
 PUBLISHED_SPEARMAN: dict[tuple[str, str], float] = {
     ("all-minilm-l6-v2", "stsb"): 0.82032,
@@ -50,7 +52,4 @@ def cosine_spearman(emb1: np.ndarray, emb2: np.ndarray, gold: np.ndarray) -> flo
     """Spearman(gold, cosine(emb1[i], emb2[i])), as MTEB's STS evaluator ("cosine_spearman")."""
     from scipy.stats import spearmanr
 
-    a = np.asarray(emb1, dtype=np.float64)
-    b = np.asarray(emb2, dtype=np.float64)
-    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(spearmanr(gold, cos).statistic)
+    return float(spearmanr(gold, row_cosines(emb1, emb2)).statistic)

@@ -56,22 +56,26 @@ def test_small_requests_are_not_held_by_long_rows(emb):
         start = time.monotonic()
         bigs = [pool.submit(post, base, [long_text + str(i)]) for i in range(2)]
         wait_until(lambda: app.state.batcher.batches == 0 and app.state.batcher.inflight == 2)
-        latencies = []
+        latencies, answered_at = [], []
         while not all(f.done() for f in bigs) and len(latencies) < 200:
             t0 = time.monotonic()
-            r, _ = post(base, small, timeout=60)
-            latencies.append(time.monotonic() - t0)
+            r, t1 = post(base, small, timeout=60)
+            latencies.append(t1 - t0)
+            answered_at.append(t1)
             assert r.status_code == 200
             got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
             np.testing.assert_allclose(got, want, atol=1e-5)
         big_done = max(f.result(timeout=120)[1] for f in bigs) - start
+        first_big = min(f.result()[1] for f in bigs)
         for f in bigs:
             assert f.result()[0].status_code == 200
     print(f"2 long rows took {big_done:.1f} s; {len(latencies)} small requests meanwhile, "
           f"p50 {1000 * np.median(latencies):.0f} ms, max {1000 * max(latencies):.0f} ms")  # fmt: skip
-    assert len(latencies) >= 3
+    # held behind the long rows, at most one small request could be answered before the first
+    # long one; in the short-row lane several are, however loaded the machine
+    assert sum(t < first_big for t in answered_at) >= 3, (latencies, big_done)
     # each long pass alone takes ~big_done / 2: small requests waited far less than one
-    assert max(latencies) < min(2.0, big_done / 4), (latencies, big_done)
+    assert max(latencies) < big_done / 4, (latencies, big_done)
 
 
 def test_expired_and_abandoned_requests_are_dropped_before_running(emb):
