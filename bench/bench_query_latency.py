@@ -69,8 +69,11 @@ def export(name: str, precision: str, work: Path) -> tuple[Path | None, str]:
     out = work / LABELS.get(name, name.replace(":", "-")) / precision
     if not (out / "qexport.json").exists():
         source, tokenizer = model_spec(name)
-        quant = QuantOptions(method="rtn", check=False) if precision == "int4" else QuantOptions()
-        opts = ExportOptions(precision=precision, tokenizer=tokenizer, quant=quant, progress=False)
+        base, _, block = precision.partition("-b")  # "int8-b128": int8 at block size 128
+        quant = QuantOptions(block_size=int(block) if block else None)
+        if base == "int4":
+            quant.method, quant.check = "rtn", False
+        opts = ExportOptions(precision=base, tokenizer=tokenizer, quant=quant, progress=False)
         try:
             export_onnx(source, out, opts)
         except Exception as exc:  # e.g. a quantization refused at its bar: say so
@@ -102,17 +105,27 @@ def with_accuracy_level(src: Path, level: int) -> Path:
     return dst
 
 
-def projection_bytes(artifact: Path) -> int:
-    """Bytes of the initializers that projection ops read (the weights read per query)."""
+def projection_size(artifact: Path) -> tuple[int, int]:
+    """(bytes of the initializers that projection ops read, i.e. the weights read per query;
+    the projections' weight count K x N, i.e. multiply-adds per token)."""
     import onnx
     from onnx import helper
 
     model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
-    itemsize = {i.name: np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
-                for i in model.graph.initializer}  # fmt: skip
-    sizes = {i.name: int(np.prod(i.dims)) * itemsize[i.name] for i in model.graph.initializer}
-    used = {x for n in model.graph.node if n.op_type in PROJECTIONS for x in n.input}
-    return sum(sizes[x] for x in used if x in sizes)
+    inits = {i.name: i for i in model.graph.initializer}
+    itemsize = {k: np.dtype(helper.tensor_dtype_to_np_dtype(i.data_type)).itemsize
+                for k, i in inits.items()}  # fmt: skip
+    nbytes, params = 0, 0
+    for node in model.graph.node:
+        if node.op_type not in PROJECTIONS:
+            continue
+        nbytes += sum(int(np.prod(inits[x].dims)) * itemsize[x] for x in node.input if x in inits)
+        attrs = {a.name: a.i for a in node.attribute}
+        if node.op_type == "MatMulNBits":
+            params += attrs["K"] * attrs["N"]
+        elif node.input[1] in inits:
+            params += int(np.prod(inits[node.input[1]].dims))
+    return nbytes, params
 
 
 # ---------------------------------------------------------------- measurements ------------
@@ -184,15 +197,17 @@ def measure_artifact(
     return row, np.concatenate([emb.embed([q]) for q in queries])
 
 
-def pick_queries(artifact: Path, n: int, max_tokens: int) -> list[str]:
-    """The first n SciFact queries of at most max_tokens tokens (the artifact's tokenizer)."""
+def pick_queries(artifact: Path, n: int, max_tokens: int) -> tuple[list[str], float]:
+    """The first n SciFact queries of at most max_tokens tokens (the artifact's tokenizer),
+    and their mean token count."""
     from qexport.runtime import Embedder
 
     emb = Embedder(artifact, device="cpu")
     with open(SHARED / "data" / "scifact" / "queries.jsonl", encoding="utf-8") as fh:
         texts = [json.loads(line)["text"] for line in fh]
     ids = emb.tokenize(texts)[0]
-    return [t for t, i in zip(texts, ids, strict=True) if len(i) <= max_tokens][:n]
+    picked = [(t, len(i)) for t, i in zip(texts, ids, strict=True) if len(i) <= max_tokens][:n]
+    return [t for t, _ in picked], float(np.mean([k for _, k in picked]))
 
 
 def torch_rows(
@@ -225,27 +240,28 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         if folder is None:
             continue
         artifacts[precision] = folder
-        if precision in ("int8", "int4"):
+        if precision.startswith(("int8-b", "int4")) or precision == "int8":
             for level in args.accuracy_levels:
                 artifacts[f"{precision} acc{level}"] = with_accuracy_level(folder, level)
-    queries = pick_queries(next(iter(artifacts.values())), args.queries, args.max_tokens)
+    queries, tokens = pick_queries(next(iter(artifacts.values())), args.queries, args.max_tokens)
     rows: list[dict[str, Any]] = []
     vectors = {}
     for label, folder in artifacts.items():
-        weight_bytes = projection_bytes(folder)
+        weight_bytes, params = projection_size(folder)
         for variant in args.variant:
             for t in args.threads:
                 row, vec = measure_artifact(folder, queries, t, variant, args.repeats)
                 vectors[label] = vec
-                rows.append(dict(engine=label, variant=variant, threads=t, weight_bytes=weight_bytes, **row))  # fmt: skip
+                rows.append(dict(engine=label, variant=variant, threads=t, weight_bytes=weight_bytes,
+                                 gflop=2 * params * tokens / 1e9, **row))  # fmt: skip
                 print(f"{args.worker} {label} {variant} t={t}: {row['p50_ms']:.1f} ms", file=sys.stderr)  # fmt: skip
     torch, reference = torch_rows(args.worker, queries, args.threads, args.repeats)
     for t, row in torch.items():
-        rows.append(dict(engine="pytorch fp32", variant="-", threads=t, weight_bytes=0, **row))
+        rows.append(dict(engine="pytorch fp32", variant="-", threads=t, weight_bytes=0, gflop=0, **row))  # fmt: skip
     for row in rows:
         vec = vectors.get(row["engine"], reference)
         row["min_cosine"] = float(row_cosines(vec, reference).min())
-    return {"queries": queries, "exports": notes, "rows": rows}
+    return {"queries": queries, "mean_tokens": tokens, "exports": notes, "rows": rows}
 
 
 # ---------------------------------------------------------------- driver ------------------
@@ -255,10 +271,11 @@ def table(model: str, result: dict[str, Any], bandwidth: dict[int, dict[str, flo
     for r in result["rows"]:
         floor = r["weight_bytes"] / (bandwidth[r["threads"]]["best_gib_s"] * (1 << 30)) * 1e3
         vs_floor = f"{r['p50_ms'] / floor:.1f}x" if floor else "-"
+        rate = f"{r['gflop'] / r['run_p50_ms'] * 1e3:.0f}" if r["gflop"] else "-"
         out.append(
             f"| {model} | {r['engine']} | {r['variant']} | {r['threads']} | {r['p50_ms']:.1f} "
             f"| {r['p95_ms']:.1f} | {r['run_p50_ms'] if 'run_p50_ms' in r else float('nan'):.1f} "
-            f"| {torch[r['threads']] / r['p50_ms']:.1f}x | {floor:.1f} | {vs_floor} "
+            f"| {torch[r['threads']] / r['p50_ms']:.1f}x | {floor:.1f} | {vs_floor} | {rate} "
             f"| {r['min_cosine']:.6f} | {r['load_before']:.2f}-{r['load_after']:.2f} |"
         )
     return out
@@ -293,8 +310,8 @@ def main() -> None:
         results[model] = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = [
         "| model | engine | session | threads | p50 ms | p95 ms | run p50 ms | x PyTorch "
-        "| floor ms | p50 / floor | min cos vs PyTorch fp32 | load 1 min |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| floor ms | p50 / floor | run GFLOP/s | min cos vs PyTorch fp32 | load 1 min |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for model, result in results.items():
         rows += table(LABELS.get(model, model), result, bandwidth)
@@ -303,7 +320,8 @@ def main() -> None:
         print(f"- read bandwidth, {t} thread(s): {bw['best_gib_s']:.1f} GiB/s (best of 5), "
               f"{bw['median_gib_s']:.1f} median")  # fmt: skip
     for model, result in results.items():
-        print(f"- {model}: exports {result['exports']}; {len(result['queries'])} queries")
+        print(f"- {model}: exports {result['exports']}; {len(result['queries'])} queries, "
+              f"{result['mean_tokens']:.1f} tokens on average")  # fmt: skip
     if args.out:
         Path(args.out).write_text(
             json.dumps({"bandwidth": bandwidth, "results": results, "argv": sys.argv[1:]}, indent=2)
