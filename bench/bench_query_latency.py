@@ -172,6 +172,8 @@ def session_variant(name: str, threads: int) -> Any:
     opts = session_options(threads)
     if name == "no-spin":
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif name == "dyn-block":  # the thread pool's dynamic work blocks (onnxruntime config key)
+        opts.add_session_config_entry("session.dynamic_block_base", "4")
     elif name == "mem-reuse":  # the planner's buffer reuse and memory pattern back on
         opts.enable_mem_reuse = True
         opts.enable_mem_pattern = True
@@ -287,7 +289,7 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["fp32", "int8", "int8-dynamic", "int4"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--variant", nargs="+", default=["default"],
-                   help="session options: default no-spin mem-reuse opt-basic opt-extended")  # fmt: skip
+                   help="session options: default no-spin dyn-block mem-reuse opt-basic opt-extended")  # fmt: skip
     p.add_argument("--accuracy-levels", nargs="*", type=int, default=[],
                    help="also measure int8 / int4 with MatMulNBits accuracy_level rewritten")  # fmt: skip
     p.add_argument("--queries", type=int, default=8)
