@@ -13,7 +13,7 @@ already tokenised feed (the rest of "embed" is tokenisation and the runtime's ow
 Floor: bytes of the projection weights (every initializer read by MatMul / MatMulNBits /
 DynamicQuantizeMatMul / Gemm; the embedding table is gathered, a few rows per query) divided
 by the read bandwidth measured here (numpy max over a 1 GiB array split over the same number
-of threads, best of 5). The machine is shared: the 1-minute load average is recorded around
+of threads, best of 10). The machine is shared: the 1-minute load average is recorded around
 every measurement, and a loaded machine shows up in p95 first.
 
 Artifacts are exported once under --work and reused (the 0.6B fp32 export takes minutes and
@@ -129,7 +129,7 @@ def projection_size(artifact: Path) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- measurements ------------
-def read_bandwidth(threads: int, gib: float = 1.0, tries: int = 5) -> dict[str, float]:
+def read_bandwidth(threads: int, gib: float = 1.0, tries: int = 10) -> dict[str, float]:
     """GiB/s of numpy reading a `gib` GiB array split over `threads` threads (best, median)."""
     a = np.ones(int(gib * (1 << 30)) // 4, dtype=np.float32)
     parts = np.array_split(a, threads)
@@ -319,7 +319,7 @@ def main() -> None:
         rows += table(LABELS.get(model, model), result, bandwidth)
     print("\n".join(rows))
     for t, bw in bandwidth.items():
-        print(f"- read bandwidth, {t} thread(s): {bw['best_gib_s']:.1f} GiB/s (best of 5), "
+        print(f"- read bandwidth, {t} thread(s): {bw['best_gib_s']:.1f} GiB/s (best of 10), "
               f"{bw['median_gib_s']:.1f} median")  # fmt: skip
     for model, result in results.items():
         print(f"- {model}: exports {result['exports']}; {len(result['queries'])} queries, "
