@@ -21,11 +21,17 @@ Artifacts are exported once under --work and reused (the 0.6B fp32 export takes 
 takes long on this machine). Each model runs in its own subprocess.
 
     flock /tmp/qexport-heavy.lock python bench/bench_query_latency.py --work /tmp/lat \\
-        --out docs/bench_query_latency.json
+        --out docs/query-latency-2026-12-03/main.json
 
-Session variants (`--variant`, each measured next to the others) and `--accuracy-levels`
+Session variants (`--variant`, each measured next to the others), `--accuracy-levels`
 (copies of the int8 / int4 graphs with MatMulNBits' accuracy_level rewritten, weights shared)
-are the experiments of issue 20.
+and block sizes (`--precision int8-b128`) are the experiments of issue 20
+(docs/benchmarks.md, "One short query on the CPU"):
+
+    flock /tmp/qexport-heavy.lock python bench/bench_query_latency.py --work /tmp/lat \
+        --models random:qwen3-embedding-0.6b --precision fp32 int8 int8-dynamic int8-b128 \
+        --accuracy-levels 0 --variant default no-spin dyn-block mem-reuse opt-extended \
+        --threads 2 --repeats 3 --out docs/query-latency-2026-12-03/variants.json
 """
 
 from __future__ import annotations
