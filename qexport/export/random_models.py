@@ -39,14 +39,8 @@ class RandomModel:
 
 
 # config.json keys of a Qwen3 size, in the order of `qwen3_config`'s shape
-SHAPE_KEYS = (
-    "num_hidden_layers",
-    "hidden_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "intermediate_size",
-)
+SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "intermediate_size")  # fmt: skip
 
 
 def qwen3_config(
