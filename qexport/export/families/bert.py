@@ -171,7 +171,8 @@ class BertBuilder(FamilyBuilder):
     def embeddings(
         self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value, token_type_ids: ir.Value | None
     ) -> ir.Value:
-        """LayerNorm(word[ids] + position[0..S-1] + token_type[types]), fp32 [B, S, H]."""
+        """LayerNorm(word[ids] + position[0..S-1] + token_type[types]), fp32 [B, S, H]
+        (`mask` is for subclasses that count positions from it)."""
         seq = g.op("Shape", input_ids, start=1, end=2)
         x = self.word_embeddings(g, input_ids)
         pos_table = self._w(g, "embeddings.position_embeddings.weight")
