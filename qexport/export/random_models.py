@@ -4,15 +4,12 @@ made locally so that everything runs offline. Never downloaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .families.qwen3 import QWEN3_DIMS, QWEN3_QUERY_TASK, QWEN3_TEMPLATE
 from .weights import RandomSource, normal
-
-__all__ = ["QWEN3_DIMS", "QWEN3_QUERY_TASK", "QWEN3_TEMPLATE", "REGISTRY", "RandomModel"]
 
 QWEN3_BASE: dict[str, Any] = {
     "architectures": ["Qwen3Model"],
@@ -39,23 +36,20 @@ class RandomModel:
     config: dict[str, Any]
     seed: int = 0
     stress: bool = False  # plant massive residual activations (fp16 overflow stress)
-    doc: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _qwen3(
-    layers: int, hidden: int, heads: int, kv: int, head_dim: int, ffn: int, **kw: Any
+# config.json keys of a Qwen3 size, in the order of `qwen3_config`'s shape
+SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "intermediate_size")  # fmt: skip
+
+
+def qwen3_config(
+    base: dict[str, Any], shape: tuple[int, int, int, int, int, int], **kw: Any
 ) -> dict[str, Any]:
-    cfg = dict(QWEN3_BASE)
-    cfg.update(
-        num_hidden_layers=layers,
-        hidden_size=hidden,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=head_dim,
-        intermediate_size=ffn,
-        max_window_layers=layers,
-    )
+    """`base` with one Qwen3 size: shape = (layers, hidden, heads, kv heads, head_dim, ffn)."""
+    cfg = dict(base)
+    cfg.update(zip(SHAPE_KEYS, shape, strict=True))
+    cfg["max_window_layers"] = shape[0]
     cfg.update(kw)
     return cfg
 
@@ -63,29 +57,24 @@ def _qwen3(
 REGISTRY: dict[str, RandomModel] = {
     m.name: m
     for m in (
-        RandomModel(
-            "qwen3-tiny", _qwen3(2, 128, 4, 2, 32, 256), doc="2 layers, hidden 128, 4/2 heads"
-        ),
-        RandomModel(
-            "qwen3-stress",
-            _qwen3(4, 128, 4, 2, 32, 256),
-            stress=True,
-            doc="qwen3-tiny shape, 4 layers, with massive residual activations (> fp16 max)",
-        ),
-        RandomModel(
-            "qwen3-embedding-0.6b",
-            _qwen3(28, 1024, 16, 8, 128, 3072),
-            doc="Qwen3-Embedding-0.6B architecture",
-        ),
+        # 2 layers, hidden 128, 4/2 heads
+        RandomModel("qwen3-tiny", qwen3_config(QWEN3_BASE, (2, 128, 4, 2, 32, 256))),
+        # qwen3-tiny's shape, 4 layers, with massive residual activations (> fp16 max)
+        RandomModel("qwen3-stress", qwen3_config(QWEN3_BASE, (4, 128, 4, 2, 32, 256)), stress=True),
+        # the architectures of Qwen3-Embedding-0.6B, 4B, 8B
+        RandomModel("qwen3-embedding-0.6b", qwen3_config(QWEN3_BASE, (28, 1024, 16, 8, 128, 3072))),
         RandomModel(
             "qwen3-embedding-4b",
-            _qwen3(36, 2560, 32, 8, 128, 9728, vocab_size=151665),
-            doc="Qwen3-Embedding-4B architecture",
+            qwen3_config(QWEN3_BASE, (36, 2560, 32, 8, 128, 9728), vocab_size=151665),
         ),
         RandomModel(
             "qwen3-embedding-8b",
-            _qwen3(36, 4096, 32, 8, 128, 12288, tie_word_embeddings=False, vocab_size=151665),
-            doc="Qwen3-Embedding-8B architecture",
+            qwen3_config(
+                QWEN3_BASE,
+                (36, 4096, 32, 8, 128, 12288),
+                tie_word_embeddings=False,
+                vocab_size=151665,
+            ),
         ),
     )
 }
@@ -94,7 +83,6 @@ REGISTRY: dict[str, RandomModel] = {
 STRESS_IN_CHANNEL = 3
 STRESS_OUT_CHANNEL = 7
 STRESS_NEURON = 5
-STRESS_PER_LAYER = 30000.0  # below fp16 max per MatMul, above it after 3 layers of residual
 
 
 def qwen3_weight_spec(cfg: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -180,7 +168,3 @@ def random_source(model: RandomModel, cfg: dict[str, Any] | None = None) -> Rand
     if model.stress:
         _plant_stress(source, cfg)
     return source
-
-
-def allowed_dims(hidden: int) -> list[int]:
-    return sorted({d for d in QWEN3_DIMS if d <= hidden} | {hidden})

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .random_models import qwen3_weight_spec
+from .random_models import qwen3_config, qwen3_weight_spec
 from .weights import RandomSource, normal
 
 # the published Qwen/Qwen3-Reranker-0.6B config.json (../shared/qwen3-reranker/0.6B)
@@ -50,49 +50,30 @@ SHARED_SUBDIR = Path("qwen3-reranker") / "0.6B"
 @dataclass(frozen=True)
 class RandomReranker:
     name: str
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
-    tied: bool = True
+    full_config: dict[str, Any]  # config.json with all the layers
     seed: int = 0
-    doc: str = ""
+
+    @property
+    def layers(self) -> int:
+        return int(self.full_config["num_hidden_layers"])
 
     def config(self, layers: int | None = None) -> dict[str, Any]:
-        cfg = dict(RERANKER_BASE)
         n = self.layers if layers is None else layers
-        cfg.update(
-            num_hidden_layers=n,
-            max_window_layers=n,
-            hidden_size=self.hidden,
-            num_attention_heads=self.heads,
-            num_key_value_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            intermediate_size=self.ffn,
-            tie_word_embeddings=self.tied,
-        )
-        return cfg
+        return dict(self.full_config, num_hidden_layers=n, max_window_layers=n)
 
 
 RERANKERS: dict[str, RandomReranker] = {
     m.name: m
     for m in (
+        # 3 layers, hidden 96, 3/1 heads of 48 (q width 144 != hidden), FFN 160
+        RandomReranker("qwen3-reranker-tiny", qwen3_config(RERANKER_BASE, (3, 96, 3, 1, 48, 160))),
+        # the architectures of Qwen3-Reranker-0.6B and 4B
         RandomReranker(
-            "qwen3-reranker-tiny",
-            3,
-            96,
-            3,
-            1,
-            48,
-            160,
-            doc="3 layers, hidden 96, 3/1 heads of 48 (q width 144 != hidden), FFN 160",
+            "qwen3-reranker-0.6b", qwen3_config(RERANKER_BASE, (28, 1024, 16, 8, 128, 3072))
         ),
         RandomReranker(
-            "qwen3-reranker-0.6b", 28, 1024, 16, 8, 128, 3072, doc="Qwen3-Reranker-0.6B"
+            "qwen3-reranker-4b", qwen3_config(RERANKER_BASE, (36, 2560, 32, 8, 128, 9728))
         ),
-        RandomReranker("qwen3-reranker-4b", 36, 2560, 32, 8, 128, 9728, doc="Qwen3-Reranker-4B"),
     )
 }
 
@@ -109,13 +90,13 @@ def shared_tokenizer_dir() -> Path | None:
     return None
 
 
-def _spec(model: RandomReranker, cfg: dict[str, Any]) -> dict[str, Any]:
+def _spec(cfg: dict[str, Any]) -> dict[str, Any]:
     spec = qwen3_weight_spec(cfg)
     h = cfg["hidden_size"]
     # rows of std 1/sqrt(hidden): the yes-no logit of a unit-RMS hidden state is O(1), so
     # random rerankers give scores spread over (0, 1) rather than saturated at 0 or 1
     spec["embed_tokens.weight"] = ((cfg["vocab_size"], h), normal(h**-0.5))
-    if not model.tied:
+    if not cfg["tie_word_embeddings"]:
         spec["lm_head.weight"] = ((cfg["vocab_size"], h), normal(h**-0.5))
     return spec
 
@@ -145,7 +126,7 @@ def write_random_reranker(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config(layers)
-    source = RandomSource(_spec(model, cfg), seed=model.seed)
+    source = RandomSource(_spec(cfg), seed=model.seed)
     names = source.keys()
     sizes = [int(np.prod(source.shape(n))) * 2 for n in names]
     per_shard = -(-sum(sizes) // shards)

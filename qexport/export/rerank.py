@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from ..manifest import Manifest, TensorSpec
 from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
-from .families import FAMILIES
+from .families import FAMILIES, SPECS
 from .graph import OPSET, GraphBuilder
 from .heads import LastTokenPooling
 from .random_rerank import RERANKERS, write_random_reranker
@@ -133,8 +133,8 @@ def build_rerank_model(
     src: ModelSource, compute: str, max_length: int, layers: int | None, rerank: dict[str, Any]
 ) -> tuple[ir.Model, int]:
     """The backbone in `compute` precision, the score head in fp32; (model, weight bytes)."""
-    builder = FAMILIES["qwen3"](src.config, src.weights, compute, max_length, layers=layers)
-    g = GraphBuilder(name="qexport_qwen3_rerank")
+    builder = FAMILIES[src.family](src.config, src.weights, compute, max_length, layers=layers)
+    g = GraphBuilder(name=f"qexport_{src.family}_rerank")
     seq = ("batch", "sequence")
     ids = g.input("input_ids", ir.DataType.INT64, seq)
     mask = g.input("attention_mask", ir.DataType.INT64, seq)
@@ -157,10 +157,7 @@ def _resolve(model: str, opts: ExportOptions, scratch: Path) -> ModelSource:
         src.spec, src.kind, src.seed = model, "random", RERANKERS[name].seed
         return src
     src = resolve(model, tokenizer=opts.tokenizer, revision=opts.revision)
-    if src.family != "qwen3" or (src.config.get("architectures") or [None])[0] not in (
-        "Qwen3ForCausalLM",
-        None,
-    ):
+    if not SPECS[src.family].exports_reranker(src.config):
         raise SourceError(
             f"--task rerank supports Qwen3-Reranker checkpoints (Qwen3ForCausalLM); {model!r} is "
             f"{src.config.get('architectures')} ({src.family})"
@@ -225,7 +222,7 @@ def export_rerank(model: str, out: str | Path, opts: ExportOptions) -> Manifest:
 def _manifest(
     src: ModelSource, opts: ExportOptions, graph: ir.Model, max_length: int, rerank: dict[str, Any]
 ) -> Manifest:
-    arch: dict[str, Any] = {"family": "qwen3", "model_type": src.config.get("model_type")}
+    arch: dict[str, Any] = {"family": src.family, "model_type": src.config.get("model_type")}
     for key in (
         "architectures",
         "num_hidden_layers",

@@ -117,12 +117,8 @@ def _read_modules(folder: Path) -> Head:
 def read_st_head(folder: Path, family: str) -> Head:
     """Read modules.json / 1_Pooling / Dense folders / config_sentence_transformers.json /
     sentence_bert_config.json; without them, the family's documented default."""
-    if (folder / "modules.json").is_file():
-        head = _read_modules(folder)
-    elif SPECS[family].default_head is not None:
-        pooling, normalize = SPECS[family].default_head  # type: ignore[misc]
-        head = Head(pooling=pooling, normalize=normalize)
-    else:
+    head = _read_modules(folder) if (folder / "modules.json").is_file() else _family_head(family)
+    if head is None:
         raise UnsupportedModelError(
             f"{folder} has no sentence-transformers modules.json, so its pooling is unknown"
         )
@@ -136,6 +132,12 @@ def read_st_head(folder: Path, family: str) -> Head:
         head.max_seq_length = _read_json(bert_cfg).get("max_seq_length")
     _family_prompts(head, family)
     return head
+
+
+def _family_head(family: str) -> Head | None:
+    """The family's documented head for a checkpoint without modules.json; None: it has none."""
+    default = SPECS[family].default_head
+    return None if default is None else Head(pooling=default[0], normalize=default[1])
 
 
 def _family_prompts(head: Head, family: str) -> None:
@@ -177,14 +179,16 @@ def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
         tok_dir = Path(tokenizer).expanduser()
         if not (tok_dir / "tokenizer.json").is_file():
             raise SourceError(f"tokenizer folder {str(tokenizer)!r} has no tokenizer.json")
-    head = Head(pooling="lasttoken", normalize=True)
-    _family_prompts(head, "qwen3")
+    family = family_for(model.config)
+    head = _family_head(family)
+    assert head is not None, f"{family} has no default head for a random model"
+    _family_prompts(head, family)
     return ModelSource(
         spec=spec,
         kind="random",
         config=dict(model.config),
         weights=random_models.random_source(model),
-        family="qwen3",
+        family=family,
         head=head,
         tokenizer_dir=tok_dir,
         seed=model.seed,
@@ -209,10 +213,8 @@ def _resolve_folder(
         raise SourceError(f"model folder {spec!r} has no config.json")
     config = _read_json(path / "config.json")
     family = family_for(config)
-    from .families import FAMILIES
-
     try:
-        weights = SafetensorsSource(path, strip_prefixes=FAMILIES[family].strip_prefixes)
+        weights = SafetensorsSource(path, strip_prefixes=SPECS[family].strip_prefixes)
     except FileNotFoundError as exc:
         raise SourceError(f"model folder {spec!r} has no *.safetensors weights") from exc
     tok_dir = Path(tokenizer).expanduser() if tokenizer else path

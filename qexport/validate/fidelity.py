@@ -11,12 +11,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..export.families.qwen3 import QWEN3_QUERY_TASK
 from ..runtime import Embedder
+from ..util import renormalise, row_cosines  # importable from here too
 from .retrieval import model_key
 
 # The model card example of Qwen/Qwen3-Embedding-0.6B and its published score matrix
-# (queries x documents, real weights, fp32): ../shared/qwen3-embedding/README.md.
-CARD_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+# (queries x documents, real weights, fp32): ../shared/qwen3-embedding/README.md. Its task is
+# the family's default instruction.
+CARD_TASK = QWEN3_QUERY_TASK
 CARD_QUERIES = ["What is the capital of China?", "Explain gravity"]
 CARD_DOCUMENTS = [
     "The capital of China is Beijing.",
@@ -30,18 +33,6 @@ class Reference(Protocol):
     def embed(
         self, texts: list[str], *, instruction: str | None = None, batch_size: int = 8
     ) -> np.ndarray: ...
-
-
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = np.sum(a.astype(np.float64) * b, axis=1)
-    den = np.linalg.norm(a.astype(np.float64), axis=1) * np.linalg.norm(
-        b.astype(np.float64), axis=1
-    )
-    return num / np.maximum(den, 1e-300)
-
-
-def renormalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _stats(cos: np.ndarray) -> dict[str, float]:

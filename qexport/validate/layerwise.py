@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..export.families.qwen3 import SPEC as QWEN3
 from ..export.source import resolve
 from .reference import format_query
 
@@ -26,8 +27,8 @@ class LayerwiseReference:
 
         self.torch = torch
         self.src = resolve(model, tokenizer=tokenizer)
-        if self.src.family != "qwen3":
-            raise NotImplementedError("the layer-wise reference covers the qwen3 family")
+        if self.src.family != QWEN3.name:  # it is built from transformers' Qwen3 modules
+            raise NotImplementedError(f"the layer-wise reference covers the {QWEN3.name} family")
         cfg = dict(self.src.config)
         cfg.pop("architectures", None)
         cfg.pop("max_window_layers", None)

@@ -1,7 +1,10 @@
-"""The PyTorch reference: each family's official recipe, run with transformers.
+"""The PyTorch reference: each family's official recipe (its spec's `reference`), run with
+transformers.
 
-Qwen3-Embedding (model card): tokenizer with padding_side="left", model forward,
-last_token_pool, F.normalize. Random models get the very same seeded weights as the export.
+LAST_TOKEN_CARD (the Qwen3-Embedding model card): tokenizer with padding_side="left", model
+forward, last_token_pool, F.normalize; random models get the very same seeded weights as the
+export. ST_PIPELINE: the checkpoint folder's own sentence-transformers pipeline. Instructions
+are formatted with the spec's template (`ModelSource.head`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..export.families import SPECS
+from ..export.families.spec import LAST_TOKEN_CARD
 from ..export.source import ModelSource, resolve
 from ..export.tokenizer_files import build_byte_tokenizer
 
@@ -51,7 +56,6 @@ class TorchReference:
         device: str = "cpu",
     ) -> None:
         import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.src = resolve(model, tokenizer=tokenizer)
         self.torch = torch
@@ -59,23 +63,30 @@ class TorchReference:
             raise RuntimeError("device='cuda' but this torch has no CUDA device")
         self.device = torch.device(device)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        cfg = dict(self.src.config)
-        n_layers = cfg["num_hidden_layers"] if layers is None else layers
-        cfg["num_hidden_layers"] = n_layers
-        if self.src.family == "qwen3":
-            cfg.pop("architectures", None)
-            cfg.pop("max_window_layers", None)
-            config = AutoConfig.for_model(**cfg)
-            config._attn_implementation = attn_implementation
-            with torch.device("meta"):
-                self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
-            self.model.load_state_dict(_state_dict(self.src, n_layers), strict=True, assign=True)
-            self.model.rotary_emb.__init__(config)  # buffers are not in the state dict
-            self.model.to(self.dtype)
-            self.model.to(self.device)  # after the dtype: a bf16 4B needs no fp32 copy on the GPU
+        n_layers = self.src.config["num_hidden_layers"] if layers is None else layers
+        if SPECS[self.src.family].reference == LAST_TOKEN_CARD:
+            self._init_card(n_layers, attn_implementation, max_length)
         else:
             self._init_sentence_transformer(n_layers, max_length)
-            return
+
+    def _init_card(self, n_layers: int, attn_implementation: str, max_length: int | None) -> None:
+        """The model card's recipe: AutoModel from config.json with the export's weights, the
+        tokenizer padding on the left."""
+        torch = self.torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        cfg = dict(self.src.config)
+        cfg["num_hidden_layers"] = n_layers
+        cfg.pop("architectures", None)
+        cfg.pop("max_window_layers", None)
+        config = AutoConfig.for_model(**cfg)
+        config._attn_implementation = attn_implementation
+        with torch.device("meta"):
+            self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        self.model.load_state_dict(_state_dict(self.src, n_layers), strict=True, assign=True)
+        self.model.rotary_emb.__init__(config)  # buffers are not in the state dict
+        self.model.to(self.dtype)
+        self.model.to(self.device)  # after the dtype: a bf16 4B needs no fp32 copy on the GPU
         self.model.eval()
         if self.src.tokenizer_dir is None:
             self._tmp = tempfile.TemporaryDirectory()
@@ -88,7 +99,7 @@ class TorchReference:
         self.max_length = max_length or int(cfg.get("max_position_embeddings", 8192))
 
     def _init_sentence_transformer(self, n_layers: int, max_length: int | None) -> None:
-        """Other families: the model's own sentence-transformers pipeline, as published."""
+        """The model's own sentence-transformers pipeline, as published."""
         from sentence_transformers import SentenceTransformer
 
         if self.src.folder is None:

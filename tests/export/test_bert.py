@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from qexport.export.api import ExportOptions, export_onnx
+from qexport.export.families import SPECS
 from qexport.export.families.bert import BertBuilder
 from qexport.export.weights import SafetensorsSource
 from qexport.runtime import Embedder
@@ -120,7 +121,7 @@ def test_padding_does_not_leak(minilm_artifact):
 
 def test_no_token_types_means_two_inputs(minilm_dir):
     cfg = json.loads((minilm_dir / "config.json").read_text())
-    weights = SafetensorsSource(minilm_dir, strip_prefixes=BertBuilder.strip_prefixes)
+    weights = SafetensorsSource(minilm_dir, strip_prefixes=SPECS["bert"].strip_prefixes)
     assert BertBuilder(cfg, weights, "fp32", 256).input_names[-1] == "token_type_ids"
     cfg["type_vocab_size"] = 0
     assert BertBuilder(cfg, weights, "fp32", 256).input_names == ("input_ids", "attention_mask")

@@ -22,8 +22,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph import MS_DOMAIN, GraphBuilder
-from ..weights import WeightSource
 from .base import FamilyBuilder
+from .spec import FamilySpec
 
 FLOAT = ir.DataType.FLOAT
 # transformers' ACT2FN name -> the onnxruntime op that computes act(x + bias)
@@ -76,37 +76,25 @@ class BertDims:
 
 class BertBuilder(FamilyBuilder):
     family = "bert"
-    model_types = ("bert",)
     # the instance drops token_type_ids when the config has no token types
     input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
-    strip_prefixes = ("bert.",)
+    dims_type = BertDims
 
-    def __init__(
-        self,
-        cfg: dict[str, Any],
-        weights: WeightSource,
-        precision: str,
-        max_length: int,
-        layers: int | None = None,
-    ) -> None:
-        super().__init__(BertDims.from_config(cfg), weights, precision, max_length, layers)
-        if max_length > self.dims.max_positions:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.dims.type_vocab == 0:  # no token types: the graph takes ids and mask only
+            self.input_names = FamilyBuilder.input_names
+
+    def read_dims(self, cfg: dict[str, Any], max_length: int) -> BertDims:
+        dims = BertDims.from_config(cfg)
+        if max_length > dims.max_positions:
             raise ValueError(
                 f"bert: max_length {max_length} exceeds max_position_embeddings "
-                f"{self.dims.max_positions}"
+                f"{dims.max_positions}"
             )
-        self.input_names = ("input_ids", "attention_mask") + (
-            ("token_type_ids",) if self.dims.type_vocab > 0 else ()
-        )
+        return dims
 
     # -- weights --------------------------------------------------------------------------
-    def _w(self, g: GraphBuilder, name: str, *, fp32: bool = False) -> ir.Value:
-        """A tensor as stored (embedding tables, biases, LayerNorm gamma/beta)."""
-        self._check(name)
-        dtype = np.dtype(np.float32) if fp32 else self.np_dtype
-        src = self.weights
-        return g.weight(name, src.shape(name), dtype, lambda: src.load(name))
-
     def _linear(self, g: GraphBuilder, *prefixes: str) -> ir.Value:
         """nn.Linear weights [out, in] of one or more layers -> one MatMul operand [in, sum(out)]."""
         names = [p + ".weight" for p in prefixes]
@@ -128,7 +116,7 @@ class BertBuilder(FamilyBuilder):
             return self._w(g, names[0], fp32=fp32)
         src = self.weights
         shape = (sum(src.shape(n)[0] for n in names),)
-        dtype = np.dtype(np.float32) if fp32 else self.np_dtype
+        dtype = self._dtype(fp32)
 
         def load() -> np.ndarray:
             return np.concatenate([src.load(n) for n in names])
@@ -153,36 +141,24 @@ class BertBuilder(FamilyBuilder):
         return out
 
     # -- graph ----------------------------------------------------------------------------
-    def attention(
-        self,
-        g: GraphBuilder,
-        qkv: ir.Value,
-        qkv_names: list[str],
-        key_padding_mask: ir.Value,
-        split: ir.Value,
-    ) -> ir.Value:
+    def key_padding(self, g: GraphBuilder, mask: ir.Value) -> Any:
+        """What attention masks padded keys with: MultiHeadAttention's key_padding_mask."""
+        return g.cast(mask, ir.DataType.INT32)  # [B, S]: 0 = padding key
+
+    def attention(self, g: GraphBuilder, qkv: ir.Value, qkv_names: list[str]) -> ir.Value:
         """Bidirectional attention of the fused q|k|v projection (bias not yet added)."""
-        q, k, v = g.ops("Split", qkv, split, n=3, axis=-1)
+        q, k, v = g.ops("Split", qkv, self._split, n=3, axis=-1)
         return g.op(
             "MultiHeadAttention",
-            q, k, v, self._bias(g, *qkv_names), key_padding_mask,
+            q, k, v, self._bias(g, *qkv_names), self._padding,
             domain=MS_DOMAIN, num_heads=self.dims.heads,
         )  # fmt: skip
 
-    def embeddings(
-        self, g: GraphBuilder, input_ids: ir.Value, token_type_ids: ir.Value | None
-    ) -> ir.Value:
-        """LayerNorm(word[ids] + position[0..S-1] + token_type[types]), fp32 [B, S, H]."""
-        seq = g.op("Shape", input_ids, start=1, end=2)
-        x = self._to_fp32(
-            g, g.op("Gather", self._w(g, "embeddings.word_embeddings.weight"), input_ids)
-        )
-        pos_table = self._w(g, "embeddings.position_embeddings.weight")
-        pos = g.op("Slice", pos_table, g.i64([0]), seq, g.i64([0]))  # [S, H]
-        x = g.op("Add", x, self._to_fp32(g, pos))
-        if token_type_ids is not None:
-            types = self._w(g, "embeddings.token_type_embeddings.weight")
-            x = g.op("Add", x, self._to_fp32(g, g.op("Gather", types, token_type_ids)))
+    def word_embeddings(self, g: GraphBuilder, input_ids: ir.Value) -> ir.Value:
+        table = self._w(g, "embeddings.word_embeddings.weight")
+        return self._to_fp32(g, g.op("Gather", table, input_ids))
+
+    def embedding_norm(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
         return g.op(
             "LayerNormalization",
             x,
@@ -192,6 +168,21 @@ class BertBuilder(FamilyBuilder):
             epsilon=self.dims.eps,
         )
 
+    def embeddings(
+        self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value, token_type_ids: ir.Value | None
+    ) -> ir.Value:
+        """LayerNorm(word[ids] + position[0..S-1] + token_type[types]), fp32 [B, S, H]
+        (`mask` is for subclasses that count positions from it)."""
+        seq = g.op("Shape", input_ids, start=1, end=2)
+        x = self.word_embeddings(g, input_ids)
+        pos_table = self._w(g, "embeddings.position_embeddings.weight")
+        pos = g.op("Slice", pos_table, g.i64([0]), seq, g.i64([0]))  # [S, H]
+        x = g.op("Add", x, self._to_fp32(g, pos))
+        if token_type_ids is not None:
+            types = self._w(g, "embeddings.token_type_embeddings.weight")
+            x = g.op("Add", x, self._to_fp32(g, g.op("Gather", types, token_type_ids)))
+        return self.embedding_norm(g, x)
+
     def build(
         self,
         g: GraphBuilder,
@@ -200,14 +191,11 @@ class BertBuilder(FamilyBuilder):
         token_type_ids: ir.Value | None = None,
     ) -> ir.Value:
         """Returns the last hidden state, fp32 [B, S, hidden]."""
-        key_padding_mask = g.cast(mask, ir.DataType.INT32)  # [B, S]: 0 = padding key
-        split = g.i64([self.dims.hidden] * 3)
-        x = self.embeddings(g, input_ids, token_type_ids)
-        return self.layers(g, x, key_padding_mask, split)
+        self._padding = self.key_padding(g, mask)
+        self._split = g.i64([self.dims.hidden] * 3)
+        return self.layers(g, self.embeddings(g, input_ids, mask, token_type_ids))
 
-    def layers(
-        self, g: GraphBuilder, x: ir.Value, key_padding_mask: ir.Value, split: ir.Value
-    ) -> ir.Value:
+    def layers(self, g: GraphBuilder, x: ir.Value) -> ir.Value:
         """The post-LN blocks over the embeddings x (fp32 [B, S, H])."""
         d = self.dims
         act = ACTIVATIONS[d.act]
@@ -216,7 +204,7 @@ class BertBuilder(FamilyBuilder):
             qkv_names = [p + "attention.self." + n for n in ("query", "key", "value")]
             h = self._to_compute(g, x)
             qkv = g.op("MatMul", h, self._linear(g, *qkv_names))
-            attn = self.attention(g, qkv, qkv_names, key_padding_mask, split)
+            attn = self.attention(g, qkv, qkv_names)
             o = g.op("MatMul", attn, self._linear(g, p + "attention.output.dense"))
             x = self._skip_ln(g, o, x, p + "attention.output", p + "attention.output.dense")
             h = self._to_compute(g, x)
@@ -225,3 +213,8 @@ class BertBuilder(FamilyBuilder):
             down = g.op("MatMul", up, self._linear(g, p + "output.dense"))
             x = self._skip_ln(g, down, x, p + "output", p + "output.dense")
         return x
+
+
+SPEC = FamilySpec(
+    name="bert", builder=BertBuilder, model_types=("bert",), strip_prefixes=("bert.",)
+)

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import MS_DOMAIN, GraphBuilder
-from ..weights import WeightSource, convert
+from ..graph import GraphBuilder
+from ..weights import convert
 from .attention import PAD_LOGIT, attend, padding_columns
-from .base import FamilyBuilder
+from .base import DecoderWidths, FamilyBuilder
 from .qwen3 import rope_cache
+from .spec import FamilySpec
 
 FLOAT = ir.DataType.FLOAT
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -55,13 +56,7 @@ def _rope_thetas(cfg: dict[str, Any]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class Gemma3Dims:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
+class Gemma3Dims(DecoderWidths):
     eps: float
     scale: float
     window: int  # keys with |i - j| < window on sliding layers
@@ -89,14 +84,8 @@ class Gemma3Dims:
             types = [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
         if set(types) - {SLIDING, FULL}:
             raise ValueError(f"gemma3: layer types {sorted(set(types))} are not supported")
-        heads = int(cfg["num_attention_heads"])
         return cls(
-            layers=layers,
-            hidden=int(cfg["hidden_size"]),
-            heads=heads,
-            kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
-            ffn=int(cfg["intermediate_size"]),
+            **cls.widths(cfg),
             eps=float(cfg.get("rms_norm_eps", 1e-6)),
             scale=float(cfg.get("query_pre_attn_scalar") or 256) ** -0.5,
             window=int(cfg.get("sliding_window") or 4096) // 2 + 1,
@@ -108,33 +97,17 @@ class Gemma3Dims:
 
 class Gemma3Builder(FamilyBuilder):
     family = "gemma3"
-    model_types = ("gemma3_text",)
-    input_names = ("input_ids", "attention_mask")
-    strip_prefixes = ("model.",)
+    dims_type = Gemma3Dims
 
-    def __init__(
-        self,
-        cfg: dict[str, Any],
-        weights: WeightSource,
-        precision: str,
-        max_length: int,
-        layers: int | None = None,
-    ) -> None:
-        super().__init__(Gemma3Dims.from_config(cfg), weights, precision, max_length, layers)
-        if self.dims.heads % self.dims.kv_heads:
+    def read_dims(self, cfg: dict[str, Any], max_length: int) -> Gemma3Dims:
+        dims = Gemma3Dims.from_config(cfg)
+        if dims.heads % dims.kv_heads:
             raise ValueError(
                 "gemma3: num_attention_heads must be a multiple of num_key_value_heads"
             )
+        return dims
 
     # -- weights --------------------------------------------------------------------------
-    def _w(self, g: GraphBuilder, name: str, *, transpose: bool = False) -> ir.Value:
-        self._check(name)
-        src = self.weights
-        shape = src.shape(name)
-        if transpose:  # nn.Linear [out, in] -> MatMul operand [in, out]
-            return g.weight(name, shape[::-1], self.np_dtype, lambda: src.load(name).T)
-        return g.weight(name, shape, self.np_dtype, lambda: src.load(name))
-
     def _norm_w(self, g: GraphBuilder, name: str, *, fp32: bool = True) -> ir.Value:
         """Gemma's RMSNorm weight w as the (1 + w) the norm multiplies by, computed in fp32."""
         self._check(name)
@@ -155,11 +128,7 @@ class Gemma3Builder(FamilyBuilder):
         self, g: GraphBuilder, x: ir.Value, residual: ir.Value, name: str
     ) -> tuple[ir.Value, ir.Value]:
         """(RMSNorm(residual + x), residual + x), fp32."""
-        out, _, _, total = g.ops(
-            "SkipSimplifiedLayerNormalization", x, residual, self._norm_w(g, name),
-            n=4, domain=MS_DOMAIN, epsilon=self.dims.eps,
-        )  # fmt: skip
-        return out, total
+        return self._skip_rms_norm(g, x, residual, self._norm_w(g, name))
 
     def _rotary(self, g: GraphBuilder, x: ir.Value, cos: ir.Value, sin: ir.Value) -> ir.Value:
         """x * cos + rotate_half(x) * sin, x [B, S, H, D], cos/sin [S, 1, D]."""
@@ -249,16 +218,23 @@ class Gemma3Builder(FamilyBuilder):
         pending: ir.Value | None = None  # last sublayer output, fp32, not yet added
         for i in range(self.n_layers):
             p = f"layers.{i}."
-            if pending is None:
-                h = self._norm(g, residual, p + "input_layernorm.weight")
-            else:
-                h, residual = self._skip_norm(g, pending, residual, p + "input_layernorm.weight")
+            w_in = self._norm_w(g, p + "input_layernorm.weight")
+            h, residual = self._add_and_norm(g, pending, residual, w_in)
             o = self._attention(g, self._to_compute(g, h), p, ctx)
             o = self._norm(g, self._to_fp32(g, o), p + "post_attention_layernorm.weight")
             h, residual = self._skip_norm(g, o, residual, p + "pre_feedforward_layernorm.weight")
             down = self._mlp(g, self._to_compute(g, h), p)
             pending = self._norm(g, self._to_fp32(g, down), p + "post_feedforward_layernorm.weight")
-        if pending is None:
-            return self._norm(g, residual, "norm.weight")
-        out, _ = self._skip_norm(g, pending, residual, "norm.weight")
-        return out
+        return self._add_and_norm(g, pending, residual, self._norm_w(g, "norm.weight"))[0]
+
+
+SPEC = FamilySpec(
+    name="gemma3",
+    builder=Gemma3Builder,
+    model_types=("gemma3_text",),
+    strip_prefixes=("model.",),
+    # sentence-transformers prepends a prompt to the text; `instruction` is that prompt
+    instruction_template="{instruction}{text}",
+    instruction_prompt="query",
+    matryoshka_dims=(128, 256, 512, 768),
+)

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from ..graph import MS_DOMAIN, GraphBuilder
-from ..weights import WeightSource
-from .base import FamilyBuilder
+from .base import DecoderWidths, FamilyBuilder
+from .spec import LAST_TOKEN_CARD, FamilySpec
 
 FLOAT = ir.DataType.FLOAT
 
@@ -29,13 +30,7 @@ QWEN3_DIMS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 2560, 3072, 4096)
 
 
 @dataclass(frozen=True)
-class Qwen3Dims:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
+class Qwen3Dims(DecoderWidths):
     vocab: int
     eps: float
     rope_theta: float
@@ -56,14 +51,8 @@ class Qwen3Dims:
             raise ValueError("qwen3: attention_bias=True is not supported")
         if cfg.get("hidden_act", "silu") != "silu":
             raise ValueError(f"qwen3: hidden_act {cfg.get('hidden_act')!r} is not supported")
-        heads = cfg["num_attention_heads"]
         return cls(
-            layers=cfg["num_hidden_layers"],
-            hidden=cfg["hidden_size"],
-            heads=heads,
-            kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            ffn=cfg["intermediate_size"],
+            **cls.widths(cfg),
             vocab=cfg["vocab_size"],
             eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
@@ -82,36 +71,24 @@ def rope_cache(head_dim: int, theta: float, rows: int) -> tuple[np.ndarray, np.n
 
 class Qwen3Builder(FamilyBuilder):
     family = "qwen3"
-    model_types = ("qwen3",)
-    input_names = ("input_ids", "attention_mask")
-    strip_prefixes = ("model.",)
+    dims_type = Qwen3Dims
 
-    def __init__(
-        self,
-        cfg: dict[str, Any],
-        weights: WeightSource,
-        precision: str,
-        max_length: int,
-        layers: int | None = None,
-    ) -> None:
-        super().__init__(Qwen3Dims.from_config(cfg), weights, precision, max_length, layers)
-        if self.dims.head_dim % 16:
+    def read_dims(self, cfg: dict[str, Any], max_length: int) -> Qwen3Dims:
+        dims = Qwen3Dims.from_config(cfg)
+        if dims.head_dim % 16:
             raise ValueError(
-                f"qwen3: head_dim {self.dims.head_dim} must be a multiple of 16 for GroupQueryAttention"
+                f"qwen3: head_dim {dims.head_dim} must be a multiple of 16 for GroupQueryAttention"
             )
-
-    # -- weights --------------------------------------------------------------------------
-    def _w(
-        self, g: GraphBuilder, name: str, *, transpose: bool = False, fp32: bool = False
-    ) -> ir.Value:
-        self._check(name)
-        src = self.weights
-        shape = src.shape(name)
-        if transpose:  # nn.Linear [out, in] -> MatMul operand [in, out]
-            return g.weight(name, shape[::-1], self._dtype(fp32), lambda: src.load(name).T)
-        return g.weight(name, shape, self._dtype(fp32), lambda: src.load(name))
+        return dims
 
     # -- graph ----------------------------------------------------------------------------
+    def _head_norm(self, g: GraphBuilder, x: ir.Value, shape: ir.Value, name: str) -> ir.Value:
+        """RMSNorm over head_dim of x reshaped to [B, S, heads, head_dim] (q_norm, k_norm)."""
+        x = g.op("Reshape", x, shape)
+        return g.op(
+            "SimplifiedLayerNormalization", x, self._w(g, name), axis=-1, epsilon=self.dims.eps
+        )
+
     @staticmethod
     def _present_length(g: GraphBuilder, present_k: ir.Value, present_v: ir.Value) -> ir.Value:
         """The total sequence length (int32 scalar) read off a layer's present K/V shapes."""
@@ -125,7 +102,6 @@ class Qwen3Builder(FamilyBuilder):
     def build(self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value) -> ir.Value:
         """Returns the final-normed hidden states, fp32 [B, S, hidden]."""
         d = self.dims
-        eps = d.eps
         length = g.op("ReduceSum", mask, g.i64([1]), keepdims=0)  # [B] int64
         seqlens_k = g.cast(g.op("Sub", length, g.i64(1)), ir.DataType.INT32)
         seq = g.op("Squeeze", g.op("Shape", input_ids, start=1, end=2), g.i64([0]))
@@ -144,36 +120,13 @@ class Qwen3Builder(FamilyBuilder):
             p = f"layers.{i}."
             # attention block
             w_in = self._w(g, p + "input_layernorm.weight", fp32=True)
-            if pending is None:
-                h = g.op("SimplifiedLayerNormalization", residual, w_in, axis=-1, epsilon=eps)
-            else:
-                h, _, _, residual = g.ops(
-                    "SkipSimplifiedLayerNormalization",
-                    pending,
-                    residual,
-                    w_in,
-                    n=4,
-                    domain=MS_DOMAIN,
-                    epsilon=eps,
-                )
+            h, residual = self._add_and_norm(g, pending, residual, w_in)
             h = self._to_compute(g, h)
             q = g.op("MatMul", h, self._w(g, p + "self_attn.q_proj.weight", transpose=True))
             k = g.op("MatMul", h, self._w(g, p + "self_attn.k_proj.weight", transpose=True))
             v = g.op("MatMul", h, self._w(g, p + "self_attn.v_proj.weight", transpose=True))
-            q = g.op(
-                "SimplifiedLayerNormalization",
-                g.op("Reshape", q, q_shape),
-                self._w(g, p + "self_attn.q_norm.weight"),
-                axis=-1,
-                epsilon=eps,
-            )
-            k = g.op(
-                "SimplifiedLayerNormalization",
-                g.op("Reshape", k, kv_shape),
-                self._w(g, p + "self_attn.k_norm.weight"),
-                axis=-1,
-                epsilon=eps,
-            )
+            q = self._head_norm(g, q, q_shape, p + "self_attn.q_norm.weight")
+            k = self._head_norm(g, k, kv_shape, p + "self_attn.k_norm.weight")
             attn, present_k, present_v = g.ops(
                 "GroupQueryAttention",
                 g.op("Reshape", q, flat), g.op("Reshape", k, flat), v,
@@ -193,15 +146,7 @@ class Qwen3Builder(FamilyBuilder):
             o = g.op("MatMul", attn, self._w(g, p + "self_attn.o_proj.weight", transpose=True))
             # MLP block
             w_post = self._w(g, p + "post_attention_layernorm.weight", fp32=True)
-            h, _, _, residual = g.ops(
-                "SkipSimplifiedLayerNormalization",
-                self._to_fp32(g, o),
-                residual,
-                w_post,
-                n=4,
-                domain=MS_DOMAIN,
-                epsilon=eps,
-            )
+            h, residual = self._skip_rms_norm(g, self._to_fp32(g, o), residual, w_post)
             h = self._to_compute(g, h)
             gate = g.op("MatMul", h, self._w(g, p + "mlp.gate_proj.weight", transpose=True))
             up = g.op("MatMul", h, self._w(g, p + "mlp.up_proj.weight", transpose=True))
@@ -209,15 +154,21 @@ class Qwen3Builder(FamilyBuilder):
             down = g.op("MatMul", act, self._w(g, p + "mlp.down_proj.weight", transpose=True))
             pending = self._to_fp32(g, down)
         w_final = self._w(g, "norm.weight", fp32=True)
-        if pending is None:
-            return g.op("SimplifiedLayerNormalization", residual, w_final, axis=-1, epsilon=eps)
-        out, _, _, _ = g.ops(
-            "SkipSimplifiedLayerNormalization",
-            pending,
-            residual,
-            w_final,
-            n=4,
-            domain=MS_DOMAIN,
-            epsilon=eps,
-        )
-        return out
+        return self._add_and_norm(g, pending, residual, w_final)[0]
+
+
+SPEC = FamilySpec(
+    name="qwen3",
+    builder=Qwen3Builder,
+    model_types=("qwen3",),
+    strip_prefixes=("model.",),
+    default_head=("lasttoken", True),
+    instruction_template=QWEN3_TEMPLATE,
+    default_instruction=QWEN3_QUERY_TASK,
+    default_prompts=MappingProxyType(
+        {"query": QWEN3_TEMPLATE.format(instruction=QWEN3_QUERY_TASK, text=""), "document": ""}
+    ),
+    matryoshka_dims=QWEN3_DIMS,
+    reference=LAST_TOKEN_CARD,
+    rerank_architectures=("Qwen3ForCausalLM",),
+)

@@ -1,6 +1,7 @@
-"""A frozen, declarative description of each model family: what the rest of the export code
-needs to know about it (builder, model types, weight-name prefixes, the head it uses when the
-checkpoint ships none, instruction prompts, Matryoshka sizes)."""
+"""A frozen, declarative description of each model family: what the rest of the code needs to
+know about it (builder, model types, weight-name prefixes, the head it uses when the checkpoint
+ships none, instruction prompts, Matryoshka sizes, the PyTorch reference recipe, which
+checkpoints export as a reranker)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+# The PyTorch reference validate/ compares an export with (`FamilySpec.reference`):
+# the checkpoint's own sentence-transformers pipeline, as published;
+ST_PIPELINE = "sentence-transformers"
+# or the Qwen3-Embedding model card's recipe: transformers' AutoModel from config.json, left
+# padding, last_token_pool, L2 normalise.
+LAST_TOKEN_CARD = "last-token-card"
 
 
 @dataclass(frozen=True)
@@ -29,9 +37,18 @@ class FamilySpec:
     # rewrites the artifact's tokenizer.json (as a dict) where the checkpoint's file and the
     # reference tokenizer (transformers' class for the family) disagree
     tokenizer_patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    reference: str = ST_PIPELINE  # or LAST_TOKEN_CARD
+    # config `architectures` of the checkpoints --task rerank exports; empty: no reranker
+    rerank_architectures: tuple[str, ...] = ()
 
     def allowed_dims(self, hidden: int) -> list[int]:
         return sorted({d for d in self.matryoshka_dims if d <= hidden} | {hidden})
+
+    def exports_reranker(self, config: Mapping[str, Any]) -> bool:
+        """Whether --task rerank can export this checkpoint (one whose config names no
+        architecture is taken as the family's reranker)."""
+        arch = (config.get("architectures") or [None])[0]
+        return bool(self.rerank_architectures) and arch in (*self.rerank_architectures, None)
 
     def max_positions(self, config: Mapping[str, Any]) -> int:
         """The longest input the position embeddings allow (the builder's own rule)."""

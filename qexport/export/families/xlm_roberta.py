@@ -21,9 +21,10 @@ from typing import Any
 import onnx_ir as ir
 
 from ..graph import GraphBuilder
-from ..weights import WeightSource
 from .attention import attend, padding_columns
-from .bert import BertBuilder
+from .base import FamilyBuilder
+from .bert import BertBuilder, BertDims
+from .spec import FamilySpec
 
 
 def whitespace_split(tokenizer: dict[str, Any]) -> dict[str, Any]:
@@ -47,22 +48,17 @@ def _pad_id(cfg: dict[str, Any]) -> int:
 
 class XLMRobertaBuilder(BertBuilder):
     family = "xlm-roberta"
-    model_types = ("xlm-roberta",)
-    input_names: tuple[str, ...] = ("input_ids", "attention_mask")
-    strip_prefixes = ("roberta.",)
+    input_names = FamilyBuilder.input_names  # the one token type is a constant of the graph
 
     @staticmethod
     def usable_positions(cfg: dict[str, Any]) -> int:
         return int(cfg.get("max_position_embeddings", 514)) - _pad_id(cfg) - 1
 
-    def __init__(
-        self,
-        cfg: dict[str, Any],
-        weights: WeightSource,
-        precision: str,
-        max_length: int,
-        layers: int | None = None,
-    ) -> None:
+    def __init__(self, cfg: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(cfg, *args, **kwargs)
+        self.pad_id = _pad_id(cfg)
+
+    def read_dims(self, cfg: dict[str, Any], max_length: int) -> BertDims:
         usable = self.usable_positions(cfg)
         if max_length > usable:
             raise ValueError(
@@ -70,15 +66,13 @@ class XLMRobertaBuilder(BertBuilder):
                 f"the model has (max_position_embeddings {cfg.get('max_position_embeddings')} "
                 f"less pad_token_id {_pad_id(cfg)} + 1)"
             )
-        super().__init__(cfg, weights, precision, max_length, layers)
-        self.pad_id = _pad_id(cfg)
-        self.input_names = ("input_ids", "attention_mask")
+        return super().read_dims(cfg, max_length)
 
-    def _embeddings(self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value) -> ir.Value:
+    def embeddings(
+        self, g: GraphBuilder, input_ids: ir.Value, mask: ir.Value, token_type_ids: ir.Value | None
+    ) -> ir.Value:
         """LayerNorm(word[ids] + position[cumsum(mask) * mask + pad] + token_type[0])."""
-        x = self._to_fp32(
-            g, g.op("Gather", self._w(g, "embeddings.word_embeddings.weight"), input_ids)
-        )
+        x = self.word_embeddings(g, input_ids)
         positions = g.op(
             "Add",
             g.op("Mul", g.op("CumSum", mask, g.i64(1)), mask),
@@ -89,44 +83,30 @@ class XLMRobertaBuilder(BertBuilder):
         if "embeddings.token_type_embeddings.weight" in set(self.weights.keys()):
             types = self._w(g, "embeddings.token_type_embeddings.weight")
             x = g.op("Add", x, self._to_fp32(g, g.op("Gather", types, g.i64(0))))
-        return g.op(
-            "LayerNormalization",
-            x,
-            self._w(g, "embeddings.LayerNorm.weight", fp32=True),
-            self._w(g, "embeddings.LayerNorm.bias", fp32=True),
-            axis=-1,
-            epsilon=self.dims.eps,
-        )
+        return self.embedding_norm(g, x)
 
-    def build(
-        self,
-        g: GraphBuilder,
-        input_ids: ir.Value,
-        mask: ir.Value,
-        token_type_ids: ir.Value | None = None,
-    ) -> ir.Value:
-        """Returns the last hidden state, fp32 [B, S, hidden]."""
-        d = self.dims
-        head = d.hidden // d.heads
-        self._columns = padding_columns(g, mask, 1.0 / math.sqrt(head), self.ir_dtype)
-        split = g.i64([d.hidden] * 3)
-        x = self._embeddings(g, input_ids, mask)
-        return self.layers(g, x, mask, split)
+    def key_padding(self, g: GraphBuilder, mask: ir.Value) -> Any:
+        """No mask input: the extra q/k/v channels of families/attention.py."""
+        head = self.dims.hidden // self.dims.heads
+        return padding_columns(g, mask, 1.0 / math.sqrt(head), self.ir_dtype)
 
-    def attention(
-        self,
-        g: GraphBuilder,
-        qkv: ir.Value,
-        qkv_names: list[str],
-        key_padding_mask: ir.Value,
-        split: ir.Value,
-    ) -> ir.Value:
+    def attention(self, g: GraphBuilder, qkv: ir.Value, qkv_names: list[str]) -> ir.Value:
         """MultiHeadAttention without a mask input, so onnxruntime's CPU kernel takes its flash
         path (memory linear in S); padded keys are masked by one more head channel
-        (families/attention.py). `key_padding_mask` is unused here."""
+        (families/attention.py)."""
         d = self.dims
         head = d.hidden // d.heads
         shape = g.i64([0, 0, d.heads, head])
         x = g.op("Add", qkv, self._bias(g, *qkv_names))
-        q, k, v = (g.op("Reshape", t, shape) for t in g.ops("Split", x, split, n=3, axis=-1))
-        return attend(g, q, k, v, self._columns, d.heads, head, 1.0 / math.sqrt(head))
+        parts = g.ops("Split", x, self._split, n=3, axis=-1)
+        q, k, v = (g.op("Reshape", t, shape) for t in parts)
+        return attend(g, q, k, v, self._padding, d.heads, head, 1.0 / math.sqrt(head))
+
+
+SPEC = FamilySpec(
+    name="xlm-roberta",
+    builder=XLMRobertaBuilder,
+    model_types=("xlm-roberta",),
+    strip_prefixes=("roberta.",),
+    tokenizer_patch=whitespace_split,
+)
