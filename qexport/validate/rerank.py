@@ -24,6 +24,7 @@ from ..runtime import Reranker
 from .environment import collect
 from .report import _CSS, Section, _fmt, _inline_md, _short
 from .rerank_speed import Groups, beir_groups, measure
+from .thresholds import threshold_value
 
 REPORT_SCHEMA = "qexport.validate.rerank-report"
 # key -> (comparison, meaning, default per precision)
@@ -371,11 +372,5 @@ def parse_thresholds(spec: str | None) -> dict[str, float | None]:
                 f"reranker threshold {item!r}: expected KEY=VALUE with KEY one of "
                 f"{', '.join(THRESHOLDS)}"
             )
-        if value.strip().lower() in ("none", "off"):
-            out[key] = None
-            continue
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise ValueError(f"threshold {key}={value!r} is not a number") from None
+        out[key] = threshold_value(key, value)
     return out
