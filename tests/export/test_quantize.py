@@ -14,14 +14,14 @@ import onnxruntime as ort
 import pytest
 
 from qexport.cli import main
-from qexport.export.api import ExportOptions, build_model, export_onnx
+from qexport.export.api import ExportOptions, build_model, export_onnx, write_tokenizer
 from qexport.export.quantize import (
     BARS,  # the one table: quantize, validate, CLI help
     MAX_WIDER_FRACTION,
     QuantizationRefused,
     QuantOptions,
 )
-from qexport.export.quantize.calibration import Batches, encoder_for, load_texts
+from qexport.export.quantize.calibration import Batches, load_texts
 from qexport.export.quantize.dynamic import quantize_per_channel
 from qexport.export.quantize.matmul_nbits import apply_matmul_nbits
 from qexport.export.quantize.smoothquant import apply_smoothing, group_targets, smoothing_factors
@@ -282,7 +282,8 @@ def test_empty_calibration_file(tmp_path):
 
 def test_batches_cover_every_text_once(tmp_path):
     src = resolve("random:qwen3-tiny")
-    enc = encoder_for(src, tmp_path / "tok", 512)
+    enc = write_tokenizer(src, tmp_path, 512, encoder=True)
+    assert enc is not None
     b = Batches.build(enc, BUILTIN_TEXTS, ["input_ids", "attention_mask"])
     idx = np.concatenate([i for i, _ in b.batches])
     assert sorted(idx.tolist()) == list(range(len(BUILTIN_TEXTS)))
