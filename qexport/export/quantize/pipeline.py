@@ -26,24 +26,25 @@ def quantize_model(
 ) -> Quantized:
     """Rewrite `model` (the float graph from build_model) in place for `precision`.
 
-    `encoder` tokenises the calibration / check texts as the artifact will. The float graph
-    runs on them from a scratch folder in `workdir` (removed afterwards) when a check, GPTQ or
-    SmoothQuant needs it. int8-dynamic is measured and refused below its bar here; int8 / int4
-    are checked by `verify_quantized` once the artifact is written."""
+    `encoder` (built by the caller: export.api.write_tokenizer) tokenises the calibration /
+    check texts (`options.calibration`, or the built-in set). The float graph runs on them
+    from a scratch folder in `workdir` (removed afterwards) when a check, GPTQ or SmoothQuant
+    needs it. int8-dynamic is measured and refused below its bar here; int8 / int4 are checked
+    by `verify_quantized` once the artifact is written."""
     opts = options or QuantOptions()
     plan = make_plan(precision, device, opts)
-    texts = load_texts(opts.calibration)
+    lines = load_texts(opts.calibration)
     quant = Quantized(precision, {"base_precision": plan.base, "device": device}, plan.bar)
     with scratch_folder(workdir) as scratch:
         if plan.float_run:
             names = [v.name or "" for v in model.graph.inputs]
             quant.texts = CheckTexts(
-                calibration=Batches.build(encoder, texts, names),
-                check=Batches.build(encoder, texts, names, batch_size=CHECK_BATCH),
+                calibration=Batches.build(encoder, lines, names),
+                check=Batches.build(encoder, lines, names, batch_size=CHECK_BATCH),
                 device=plan.run_device,
                 base=plan.base,
             )
-            quant.info["check"] = _check_record(len(texts), opts.calibration, plan.base)
+            quant.info["check"] = _check_record(len(lines), opts.calibration, plan.base)
         if plan.bits is not None:
             nbits = nbits_settings(plan, opts)
             quant.info.update(quantize_weight_only(model, scratch, quant, plan, nbits))
