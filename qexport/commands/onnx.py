@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..export.bars import QUANT_PRECISIONS, bars_text
 from ..manifest import PRECISIONS
 from .errors import UsageError
 
@@ -44,7 +45,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "auto (default) picks rerank for a Qwen3ForCausalLM checkpoint named *reranker* "
         "without modules.json",
     )
-    q = o.add_argument_group("quantization (int8, int4, int8-dynamic)")
+    q = o.add_argument_group(f"quantization ({', '.join(QUANT_PRECISIONS)})")
     q.add_argument(
         "--device",
         default="cpu",
@@ -90,7 +91,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="the fidelity bar the check texts must hold, else the export is refused "
-        "(default 0.995 int8, 0.98 int4, 0.99 int8-dynamic)",
+        f"(default {bars_text()})",
     )
     q.add_argument(
         "--max-logodds-diff",

@@ -12,11 +12,19 @@ from pathlib import Path
 import onnx_ir as ir
 
 from ..manifest import PRECISIONS, Manifest, TensorSpec
+from ..runtime.tokenize import TextEncoder
 from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
 from .families import FAMILIES, SPECS
 from .graph import OPSET, GraphBuilder
 from .heads import pool_and_normalize
-from .quantize import QUANT_PRECISIONS, Quantized, QuantOptions, base_precision, quantize_model
+from .quantize import (
+    QUANT_PRECISIONS,
+    Quantized,
+    QuantOptions,
+    base_precision,
+    quantize_model,
+    verify_quantized,
+)
 from .source import ModelSource, resolve
 from .st_dense import check_chain
 from .tokenizer_files import build_byte_tokenizer, copy_tokenizer
@@ -24,6 +32,16 @@ from .tokenizer_files import build_byte_tokenizer, copy_tokenizer
 log = logging.getLogger("qexport")
 
 FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
+# the config entries a manifest's `architecture` records (when the config has them)
+ARCH_KEYS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+)
 
 
 @dataclass
@@ -117,44 +135,50 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
     with staging(out, opts.overwrite) as tmp:
         with _step(opts, "build graph"):
             graph, weight_bytes, hidden = build_model(src, opts, max_length)
+        with _step(opts, "tokenizer"):
+            quantize = opts.precision in QUANT_PRECISIONS
+            encoder = write_tokenizer(src, tmp, max_length, encoder=quantize)
         quant: Quantized | None = None
-        if opts.precision in QUANT_PRECISIONS:
+        if encoder is not None:
             with _step(opts, "quantize"):
                 quant = quantize_model(
-                    graph, opts.precision, src, max_length, tmp,
-                    device=opts.device, options=opts.quant,
-                )  # fmt: skip
+                    graph, opts.precision, encoder, tmp, device=opts.device, options=opts.quant
+                )
             weight_bytes = quant.weight_bytes
         with _step(opts, "write weights"):
             save_graph(graph, tmp, weight_bytes, progress=opts.progress)
         if quant is not None:
             with _step(opts, "check"):
-                quant.check(tmp)
-        with _step(opts, "tokenizer"):
-            if src.tokenizer_dir is None:
-                build_byte_tokenizer(tmp, max_length)
-            else:
-                copy_tokenizer(src.tokenizer_dir, tmp)
-                SPECS[src.family].patch_tokenizer(tmp / "tokenizer.json")
+                verify_quantized(tmp, quant)
         manifest = _manifest(src, opts, graph, hidden, max_length)
         manifest.quantization = quant.info if quant is not None else None
         finish_manifest(manifest, tmp)
     return manifest
 
 
+def write_tokenizer(
+    src: ModelSource, folder: Path, max_length: int, *, encoder: bool
+) -> TextEncoder | None:
+    """Write the artifact's tokenizer into `folder`; with `encoder`, also return the encoder
+    that quantization calibrates and checks with. That encoder is loaded before the family's
+    tokenizer patch (XLM-R's whitespace split), as quantized exports have always been
+    calibrated: after it, two built-in texts tokenise differently and XLM-R's GPTQ /
+    SmoothQuant weights change."""
+    if src.tokenizer_dir is None:
+        build_byte_tokenizer(folder, max_length)
+    else:
+        copy_tokenizer(src.tokenizer_dir, folder)
+    enc = TextEncoder(folder, max_length, src.head.instruction_template) if encoder else None
+    if src.tokenizer_dir is not None:
+        SPECS[src.family].patch_tokenizer(folder / "tokenizer.json")
+    return enc
+
+
 def _manifest(
     src: ModelSource, opts: ExportOptions, graph: ir.Model, hidden: int, max_length: int
 ) -> Manifest:
     arch = {"family": src.family, "model_type": src.config.get("model_type")}
-    for key in (
-        "num_hidden_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "intermediate_size",
-        "vocab_size",
-    ):
+    for key in ARCH_KEYS:
         if key in src.config:
             arch[key] = src.config[key]
     if opts.layers is not None:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..manifest import Manifest, TensorSpec
+from .api import ARCH_KEYS
 from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
 from .families import FAMILIES, SPECS
 from .graph import OPSET, GraphBuilder
@@ -225,13 +226,7 @@ def _manifest(
     arch: dict[str, Any] = {"family": src.family, "model_type": src.config.get("model_type")}
     for key in (
         "architectures",
-        "num_hidden_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "intermediate_size",
-        "vocab_size",
+        *ARCH_KEYS,
         "tie_word_embeddings",
     ):
         if key in src.config:

@@ -23,6 +23,7 @@ from ..runtime import Reranker
 from .environment import collect
 from .render import Section, fmt, html_page, markdown, short, write_files
 from .rerank_speed import Groups, beir_groups, measure
+from .thresholds import threshold_value
 
 REPORT_SCHEMA = "qexport.validate.rerank-report"
 # key -> (comparison, meaning, default per precision)
@@ -324,11 +325,5 @@ def parse_thresholds(spec: str | None) -> dict[str, float | None]:
                 f"reranker threshold {item!r}: expected KEY=VALUE with KEY one of "
                 f"{', '.join(THRESHOLDS)}"
             )
-        if value.strip().lower() in ("none", "off"):
-            out[key] = None
-            continue
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise ValueError(f"threshold {key}={value!r} is not a number") from None
+        out[key] = threshold_value(key, value)
     return out

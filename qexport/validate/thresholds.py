@@ -1,14 +1,15 @@
 """Pass/fail thresholds of `qexport validate`: defaults per precision, overridable KEY=VALUE.
 
-Cosine thresholds derive from `parity.DEFAULT_THRESHOLDS` (the minimum per-text cosine against
-the PyTorch reference): the artifact must agree with itself (batched vs alone, padded among
-long texts) as well as it agrees with the reference, Matryoshka slices may lose twice the
-cosine error of the full vector, and retrieval may lose a precision-dependent nDCG@10.
+Cosine thresholds derive from the precision's fidelity bar (`qexport.export.bars.BARS`: the
+minimum per-text cosine against the PyTorch reference): the artifact must agree with itself
+(batched vs alone, padded among long texts) as well as it agrees with the reference,
+Matryoshka slices may lose twice the cosine error of the full vector, and retrieval may lose a
+precision-dependent nDCG@10.
 """
 
 from __future__ import annotations
 
-from .parity import DEFAULT_THRESHOLDS
+from ..export.bars import BARS
 
 # key -> (comparison, meaning); ">=" metrics must reach the threshold, "<=" stay below it
 KEYS: dict[str, tuple[str, str]] = {
@@ -30,9 +31,9 @@ TOP10_OVERLAP = {"fp32": 0.95, "fp16": 0.9, "bf16": 0.85, "int8": 0.85, "int4": 
 
 def default_thresholds(precision: str) -> dict[str, float | None]:
     """Defaults for an artifact of `precision` (None: reported, not enforced)."""
-    if precision not in DEFAULT_THRESHOLDS:
+    if precision not in BARS:
         raise ValueError(f"no default thresholds for precision {precision!r}")
-    cos = DEFAULT_THRESHOLDS[precision]
+    cos = BARS[precision]
     family = "int8" if precision.startswith("int8") else precision
     return {
         "cosine_min": cos,
@@ -63,14 +64,18 @@ def parse_overrides(spec: str | None) -> dict[str, float | None]:
             raise ValueError(f"threshold {item!r} is not KEY=VALUE")
         if key not in KEYS:
             raise ValueError(f"unknown threshold {key!r}; known: {', '.join(KEYS)}")
-        if value.strip().lower() in ("none", "off"):
-            out[key] = None
-            continue
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise ValueError(f"threshold {key}={value!r} is not a number") from None
+        out[key] = threshold_value(key, value)
     return out
+
+
+def threshold_value(key: str, value: str) -> float | None:
+    """The VALUE of KEY=VALUE: a number, or None for 'none' / 'off' (the check switched off)."""
+    if value.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"threshold {key}={value!r} is not a number") from None
 
 
 def passes(key: str, value: float, threshold: float) -> bool:

@@ -14,14 +14,14 @@ import onnxruntime as ort
 import pytest
 
 from qexport.cli import main
-from qexport.export.api import ExportOptions, build_model, export_onnx
+from qexport.export.api import ExportOptions, build_model, export_onnx, write_tokenizer
 from qexport.export.quantize import (
     BARS,  # the one table: quantize, validate, CLI help
     MAX_WIDER_FRACTION,
     QuantizationRefused,
     QuantOptions,
 )
-from qexport.export.quantize.calibration import Batches, encoder_for, load_texts
+from qexport.export.quantize.calibration import Batches, load_texts
 from qexport.export.quantize.dynamic import quantize_per_channel
 from qexport.export.quantize.matmul_nbits import apply_matmul_nbits
 from qexport.export.quantize.smoothquant import apply_smoothing, group_targets, smoothing_factors
@@ -207,6 +207,32 @@ def test_int8_dynamic_refuses_below_its_bar(tmp_path):
     assert not list(tmp_path.iterdir())  # no staging or calibration folders left
 
 
+def test_int8_written_artifact_refused_below_its_bar(tmp_path):
+    """int8 round-to-nearest is measured after the artifact is written (verify_quantized, on
+    the written graph): with a bar it cannot reach the export refuses, naming the measured
+    cosine and the bar, and nothing is left."""
+    out = tmp_path / "int8"
+    calib = tmp_path.parent / f"{tmp_path.name}-calib.txt"  # outside tmp_path (checked empty)
+    calib.write_text("Hello world\nThe capital of China is Beijing.\nLe chat est sur le tapis.\n")
+    with pytest.raises(
+        QuantizationRefused,
+        match=r"int8 refused: min cosine 0\.9\d+ vs the float graph on the check texts is "
+        r"below the bar 0\.9999999",
+    ):
+        export_onnx(
+            "random:qwen3-tiny",
+            out,
+            ExportOptions(
+                precision="int8",
+                max_length=64,
+                progress=False,
+                quant=QuantOptions(min_cosine=0.9999999, calibration=calib),
+            ),
+        )
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())
+
+
 def test_int4_widens_then_refuses_below_its_bar(tmp_path, capsys):
     """int4 that cannot reach an (unreachable) bar tries int8 for the worst projections, up to
     MAX_WIDER_FRACTION of the weights, then refuses naming the cosine; nothing is written."""
@@ -282,7 +308,8 @@ def test_empty_calibration_file(tmp_path):
 
 def test_batches_cover_every_text_once(tmp_path):
     src = resolve("random:qwen3-tiny")
-    enc = encoder_for(src, tmp_path / "tok", 512)
+    enc = write_tokenizer(src, tmp_path, 512, encoder=True)
+    assert enc is not None
     b = Batches.build(enc, BUILTIN_TEXTS, ["input_ids", "attention_mask"])
     idx = np.concatenate([i for i, _ in b.batches])
     assert sorted(idx.tolist()) == list(range(len(BUILTIN_TEXTS)))

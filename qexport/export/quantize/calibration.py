@@ -24,8 +24,6 @@ from ...runtime.session import create_session
 from ...runtime.tokenize import TextEncoder, pad_right
 from ...texts import BUILTIN_TEXTS
 from ..artifact import save_graph
-from ..source import ModelSource
-from ..tokenizer_files import build_byte_tokenizer, copy_tokenizer
 
 TOKENS_PER_BATCH = 2048  # calibration runs (they return every captured activation)
 CHECK_BATCH = 32  # check runs batch as Embedder.embed does by default: at most 32 rows and the
@@ -171,16 +169,6 @@ def scratch_folder(parent: Path) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def encoder_for(src: ModelSource, folder: Path, max_length: int) -> TextEncoder:
-    """The artifact's tokenizer, written to `folder`, as the runtime will load it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if src.tokenizer_dir is None:
-        build_byte_tokenizer(folder, max_length)
-    else:
-        copy_tokenizer(src.tokenizer_dir, folder)
-    return TextEncoder(folder, max_length, src.head.instruction_template)
 
 
 def save_with_outputs(

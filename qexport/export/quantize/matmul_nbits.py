@@ -1,12 +1,20 @@
 """Weight-only MatMulNBits (int8 / int4): each projection MatMul becomes
-`com.microsoft.MatMulNBits` with symmetric blockwise weights.
+`com.microsoft.MatMulNBits` with blockwise weights (blocks along K, one scale per block and
+output column).
 
-The packed weights and scales are `ir.LazyTensor`s: they are computed when the model is
-written, one weight at a time, by onnxruntime's own kernels (`quantize_matmul_4bits` /
-`quantize_matmul_8bits`, called exactly as MatMulNBitsQuantizer's
-`DefaultWeightOnlyQuantizer.qbits_block_quant` calls them on a whole ModelProto), so the pass
-never holds more than one float weight in memory. tests/export/test_quantize_nbits.py checks
-that the result is byte-identical to MatMulNBitsQuantizer's.
+The packed weights, scales and (when given) zero points are `ir.LazyTensor`s, computed when
+the model is written, one weight at a time, so the pass never holds more than one float weight
+in memory. A weight comes either from an earlier pass (`done`: GPTQ's codes and scales, with
+zero points when asymmetric, gptq.py) or is rounded to nearest here, symmetric, by
+onnxruntime's own kernels (`quantize_matmul_4bits` / `quantize_matmul_8bits`, called exactly
+as MatMulNBitsQuantizer's `DefaultWeightOnlyQuantizer.qbits_block_quant` calls them on a whole
+ModelProto). `wider` gives chosen projections more bits (int4 mixed precision).
+
+Tests: tests/export/test_quantize.py::test_nbits_pass_equals_matmulnbitsquantizer (the
+round-to-nearest pass writes the bytes MatMulNBitsQuantizer writes, and runs alike);
+tests/export/test_quantize_gptq.py (GPTQ's packed codes, scales and zero points, symmetric or
+not, run in onnxruntime's MatMulNBits kernel as X @ dequantize()); test_fidelity_vs_pytorch in
+test_quantize.py (int4 with GPTQ and int8 projections, end to end, against PyTorch).
 """
 
 from __future__ import annotations

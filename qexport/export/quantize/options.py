@@ -1,0 +1,105 @@
+"""What a quantized export does: the defaults per precision, `QuantOptions`, and their
+resolution into a `Plan`, validated once before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..bars import BARS, QUANT_PRECISIONS
+from .gptq import DAMP
+
+BITS = {"int8": 8, "int4": 4}
+# 32 for both: with accuracy level 4 the activations are quantized per block too, and 32 beats
+# 128 on fidelity (MiniLM held-out min cosine int8 0.9985 vs 0.9949, under int8's 0.995 bar;
+# int4 0.908 vs 0.854 round-to-nearest) and on CPU speed (docs/benchmarks.md, Quantization)
+DEFAULT_BLOCK_SIZE = {"int8": 32, "int4": 32}
+# how MatMulNBits weights are rounded: plain round-to-nearest (onnxruntime's kernel) or GPTQ
+# from calibration activations; int4 needs GPTQ to hold its bar (docs/benchmarks.md)
+METHODS = ("rtn", "gptq")
+DEFAULT_METHOD = {"int8": "rtn", "int4": "gptq"}
+DEFAULT_SYMMETRIC = {"int8": True, "int4": False}
+CPU_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits (AVX512-VNNI / AVX-VNNI kernels)
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class QuantOptions:
+    block_size: int | None = None  # None: DEFAULT_BLOCK_SIZE[precision]
+    method: str | None = None  # int8 / int4: "rtn" or "gptq"; None: DEFAULT_METHOD[precision]
+    symmetric: bool | None = None  # None: DEFAULT_SYMMETRIC[precision] with gptq, else symmetric
+    damp: float = DAMP  # gptq: mean(diag H) x damp added to H's diagonal
+    accuracy_level: int | None = None  # None: 4 on CPU, unset (0) for CUDA
+    calibration: str | Path | None = None  # a text per line; None: qexport.texts.BUILTIN_TEXTS
+    alphas: tuple[float, ...] = (0.5, 0.75, 0.9)  # SmoothQuant strengths tried per group
+    min_cosine: float | None = None  # None: BARS[precision]
+    check: bool = True  # run the check texts (int8-dynamic always calibrates)
+
+
+def base_precision(precision: str, device: str) -> str:
+    """The float graph a quantized precision starts from: fp32 for CPU, fp16 for CUDA."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if precision == "int8-dynamic" and device != "cpu":
+        raise ValueError(
+            "int8-dynamic is CPU only (onnxruntime's CUDA provider has no DynamicQuantizeMatMul "
+            "kernel); use --precision int8 or int4 for CUDA"
+        )
+    return "fp16" if device == "cuda" else "fp32"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A quantized export's settings, every default filled in."""
+
+    precision: str
+    device: str  # the target: cpu or cuda
+    base: str  # the float graph's precision: fp32 (cpu) or fp16 (cuda)
+    bar: float  # min cosine vs the float graph on the check texts
+    method: str  # MatMulNBits weights: rtn or gptq
+    symmetric: bool
+    check: bool
+    damp: float
+
+    @property
+    def bits(self) -> int | None:
+        """MatMulNBits bits; None for int8-dynamic."""
+        return BITS.get(self.precision)
+
+    @property
+    def run_device(self) -> str:
+        """The device the calibration and check runs ask onnxruntime for."""
+        return "auto" if self.device == "cuda" else "cpu"
+
+    @property
+    def float_run(self) -> bool:
+        """Whether the float graph runs on the texts (check, GPTQ, SmoothQuant)."""
+        return self.check or self.precision == "int8-dynamic" or self.method == "gptq"
+
+
+def make_plan(precision: str, device: str, opts: QuantOptions) -> Plan:
+    """Validate `opts` for `precision` on `device` and fill in the defaults."""
+    if precision not in QUANT_PRECISIONS:
+        raise ValueError(f"{precision!r} is not a quantized precision ({QUANT_PRECISIONS})")
+    base = base_precision(precision, device)
+    bar = BARS[precision] if opts.min_cosine is None else opts.min_cosine
+    method = opts.method or DEFAULT_METHOD.get(precision, "rtn")
+    if method not in METHODS:
+        raise ValueError(f"quantization method must be one of {', '.join(METHODS)}, got {method!r}")
+    if opts.symmetric is not None:
+        symmetric = opts.symmetric
+    else:  # zero points come from gptq's grid search; round-to-nearest is symmetric
+        symmetric = DEFAULT_SYMMETRIC.get(precision, True) if method == "gptq" else True
+    if not symmetric and method != "gptq":
+        raise ValueError("asymmetric (zero-point) weights are made by the gptq method only")
+    return Plan(precision, device, base, bar, method, symmetric, opts.check, opts.damp)
+
+
+def nbits_settings(plan: Plan, opts: QuantOptions) -> dict[str, int]:
+    """MatMulNBits' bits, block size and accuracy level (int8 / int4)."""
+    assert plan.bits is not None
+    level = opts.accuracy_level
+    if level is None:
+        level = CPU_ACCURACY_LEVEL if plan.device == "cpu" else 0
+    block_size = opts.block_size or DEFAULT_BLOCK_SIZE[plan.precision]
+    return {"bits": plan.bits, "block_size": block_size, "accuracy_level": level}
