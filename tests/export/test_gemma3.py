@@ -201,3 +201,38 @@ def test_unsupported_dense_activation_is_refused(tmp_path):
         ValueError, match=re.escape("Dense activation 'torch.nn.modules.activation.ReLU'")
     ):
         export_onnx(str(bad), tmp_path / "out", ExportOptions(progress=False))
+
+
+@pytest.mark.parametrize(
+    "precision",
+    [
+        "int8",
+        "int8-dynamic",
+        pytest.param(
+            "int4",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="int4 (GPTQ, asymmetric, block 32) of random:embeddinggemma-tiny holds "
+                "0.98 on the built-in calibration texts (0.9801) but measures ~0.972 on these "
+                "held-out texts, like MiniLM's int4 (tests/export/test_quantize_minilm.py)",
+            ),
+        ),
+    ],
+)
+def test_quantized_dense_head_matches_sentence_transformers(tmp_path, folder, st_model, precision):
+    """Calibration reads the Dense head's pooled [B, C] activations too (int4's GPTQ and
+    int8-dynamic's SmoothQuant failed on them with an IndexError); the artifact holds its bar
+    against sentence-transformers fp32."""
+    from qexport.export.quantize import BARS, QuantOptions
+
+    out = tmp_path / precision
+    opts = ExportOptions(precision=precision, progress=False, quant=QuantOptions())
+    manifest = export_onnx(str(folder), out, opts)
+    texts = MIXED[:8]
+    ours = Embedder(out, device="cpu").embed(texts)
+    ref = st_model.encode(texts)
+    assert np.isfinite(ours).all()
+    assert cosines(ours, ref).min() >= BARS[precision], cosines(ours, ref)
+    assert manifest.quantization is not None
+    nodes = [n for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node]
+    assert any(n.op_type in ("MatMulNBits", "DynamicQuantizeMatMul") for n in nodes)

@@ -102,38 +102,48 @@ class Runner:
         self, batches: Batches, names: Sequence[str], sample_rows: int = 256, seed: int = 0
     ) -> dict[str, ActivationStats]:
         """Per-channel |max|, the tensor's min/max and a sample of token rows for each named
-        activation [B, S, C], over unpadded tokens."""
+        activation, over unpadded tokens ([B, S, C]) or texts ([B, C], after pooling)."""
         rng = np.random.default_rng(seed)
         per_batch = max(1, sample_rows // max(1, len(batches.batches)))
         stats: dict[str, ActivationStats] = {}
         for _idx, feed in batches.batches:
             outs = self.session.run(list(names), feed)
             real = feed["attention_mask"].astype(bool)
-            rows = None
+            rows: dict[int, np.ndarray] = {}  # one sample of row indices per row count
             for name, arr in zip(names, outs, strict=True):
                 a = np.asarray(arr, dtype=np.float32)
-                x = a[real]
-                if rows is None:
-                    rows = rng.choice(len(x), size=min(per_batch, len(x)), replace=False)
+                x = _real_rows(a, real)
+                if len(x) not in rows:
+                    rows[len(x)] = rng.choice(len(x), size=min(per_batch, len(x)), replace=False)
                 st = stats.setdefault(name, ActivationStats())
                 # the range includes padded positions: the run-time quantizer sees them too
-                st.add(a.reshape(-1, a.shape[-1]), x[rows])
+                st.add(a.reshape(-1, a.shape[-1]), x[rows[len(x)]])
         return stats
 
     def hessians(self, batches: Batches, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """H = X^T X [C, C] (float32) of each named activation [B, S, C] over the unpadded
-        tokens: what GPTQ needs of the calibration data."""
+        """H = X^T X [C, C] (float32) of each named activation over the unpadded tokens
+        ([B, S, C]) or the texts ([B, C], a Dense head after pooling): what GPTQ needs."""
         out: dict[str, np.ndarray] = {}
         for _idx, feed in batches.batches:
             real = feed["attention_mask"].astype(bool)
             for name, arr in zip(names, self.session.run(list(names), feed), strict=True):
-                x = np.asarray(arr, dtype=np.float32)[real]
+                x = _real_rows(np.asarray(arr, dtype=np.float32), real)
                 xtx = x.T @ x
                 if name in out:
                     out[name] += xtx
                 else:
                     out[name] = xtx
         return out
+
+
+def _real_rows(a: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """The rows of an activation that carry data: the unpadded tokens of a [B, S, C] tensor,
+    every row of a pooled [B, C] one (the projections of a sentence-transformers Dense head)."""
+    if a.ndim == 3:
+        return a[real]
+    if a.ndim == 2 and a.shape[0] == real.shape[0]:
+        return a
+    raise ValueError(f"calibration: activation of shape {a.shape} for a batch of {real.shape}")
 
 
 @dataclass
