@@ -13,7 +13,8 @@ import onnx_ir as ir
 
 from ..manifest import PRECISIONS, Manifest, TensorSpec
 from ..runtime.tokenize import TextEncoder
-from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
+from ..util import library_versions
+from .artifact import check_output, finish_manifest, save_graph, staging
 from .families import FAMILIES, SPECS
 from .graph import OPSET, GraphBuilder
 from .heads import pool_and_normalize

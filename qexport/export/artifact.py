@@ -18,7 +18,6 @@ from ..manifest import (
     MANIFEST_NAME,
     Manifest,
 )
-from ..util import library_versions as library_versions  # re-exported for export.api / rerank
 from ..util import sha256_file
 from .staging import (
     STAGING_MARKER,

@@ -22,9 +22,10 @@ import numpy as np
 import onnx_ir as ir
 
 from ..manifest import Manifest, TensorSpec
+from ..util import library_versions
 from .api import ARCH_KEYS
-from .artifact import check_output, finish_manifest, library_versions, save_graph, staging
-from .families import FAMILIES, SPECS
+from .artifact import check_output, finish_manifest, save_graph, staging
+from .families import FAMILIES, SPECS, UnsupportedModelError, family_for
 from .graph import OPSET, GraphBuilder
 from .heads import LastTokenPooling
 from .random_rerank import RERANKERS, write_random_reranker
@@ -51,15 +52,21 @@ YES, NO = "yes", "no"
 
 
 def is_reranker_folder(folder: Path, name: str) -> bool:
-    """A checkpoint is recognised as a Qwen3 reranker without --task when all hold: config
-    `architectures == ["Qwen3ForCausalLM"]`, no sentence-transformers modules.json, and the
-    model's name (hub id or folder name) contains "reranker" (case-insensitive)."""
+    """A checkpoint is recognised as a reranker without --task when all hold: its config names
+    exactly one architecture, one its family's spec can export as a reranker
+    (`FamilySpec.rerank_architectures`: Qwen3ForCausalLM for Qwen3), no sentence-transformers
+    modules.json, and the model's name (hub id or folder name) contains "reranker"
+    (case-insensitive)."""
     try:
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+        spec = SPECS[family_for(cfg)] if isinstance(archs, list) and len(archs) == 1 else None
+    except (OSError, json.JSONDecodeError, UnsupportedModelError):
         return False
     return (
-        cfg.get("architectures") == ["Qwen3ForCausalLM"]
+        spec is not None
+        and isinstance(archs, list)
+        and archs[0] in spec.rerank_architectures
         and not (folder / "modules.json").is_file()
         and "reranker" in name.lower()
     )

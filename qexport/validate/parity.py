@@ -1,5 +1,5 @@
-"""The PyTorch reference an artifact is compared with, and the default minimum per-text cosine
-of each precision."""
+"""The PyTorch reference an artifact is compared with (the bars per precision live in
+`qexport/export/bars.py`)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,6 @@ from typing import Any
 
 from ..manifest import load_manifest
 from .reference import TorchReference
-
-DEFAULT_THRESHOLDS = {
-    "fp32": 0.9999,
-    "fp16": 0.999,
-    "bf16": 0.99,
-    "int8": 0.995,
-    "int4": 0.98,
-    "int8-dynamic": 0.99,
-}
 
 
 def load_reference(

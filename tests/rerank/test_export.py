@@ -237,3 +237,22 @@ def test_cli_export_and_usage_errors(rerank_ckpt, tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("config", "name", "want"),
+    [
+        ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}, "my-Reranker", True),
+        ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}, "my-model", False),
+        ({"model_type": "qwen3", "architectures": ["Qwen3Model"]}, "reranker", False),
+        ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM", "X"]}, "reranker", False),
+        ({"model_type": "bert", "architectures": ["BertModel"]}, "bge-reranker", False),
+        ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "reranker", False),
+        (["not", "a", "dict"], "reranker", False),
+    ],
+)
+def test_auto_detection_reads_the_family_spec(tmp_path, config, name, want):
+    from qexport.export.rerank import is_reranker_folder
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert is_reranker_folder(tmp_path, name) is want
