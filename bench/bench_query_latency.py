@@ -25,7 +25,9 @@ takes long on this machine). Each model runs in its own subprocess.
 
 Session variants (`--variant`, each measured next to the others), `--accuracy-levels`
 (copies of the int8 / int4 graphs with MatMulNBits' accuracy_level rewritten, weights shared)
-and block sizes (`--precision int8-b128`) are the experiments of issue 20
+block sizes (`--precision int8-b128`) and export bars (`--precision int8-dynamic@0.999`: the
+search leaves more projection groups float until the check texts hold that bar) are the
+experiments of issue 20
 (docs/benchmarks.md, "One short query on the CPU"):
 
     flock /tmp/qexport-heavy.lock python bench/bench_query_latency.py --work /tmp/lat \
@@ -49,9 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QEXPORT_SHARED", REPO.parent / "shared"))
 QWEN = "random:qwen3-embedding-0.6b"
 PROJECTIONS = ("MatMul", "Gemm", "MatMulNBits", "DynamicQuantizeMatMul")
 LABELS = {QWEN: "qwen3-embedding-0.6b", "minilm": "all-minilm-l6-v2"}
@@ -75,8 +76,11 @@ def export(name: str, precision: str, work: Path) -> tuple[Path | None, str]:
     out = work / LABELS.get(name, name.replace(":", "-")) / precision
     if not (out / "qexport.json").exists():
         source, tokenizer = model_spec(name)
-        base, _, block = precision.partition("-b")  # "int8-b128": int8 at block size 128
-        quant = QuantOptions(block_size=int(block) if block else None)
+        name_bar, _, bar = precision.partition("@")  # "int8-dynamic@0.999": that export bar
+        base, _, block = name_bar.partition("-b")  # "int8-b128": int8 at block size 128
+        quant = QuantOptions(
+            block_size=int(block) if block else None, min_cosine=float(bar) if bar else None
+        )
         if base == "int4":
             quant.method, quant.check = "rtn", False
         opts = ExportOptions(precision=base, tokenizer=tokenizer, quant=quant, progress=False)
