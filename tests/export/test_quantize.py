@@ -186,49 +186,34 @@ def test_fidelity_vs_pytorch(tmp_path, references, model, precision):
     assert saved["quantization"]["check"]["min_cosine"] == q["check"]["min_cosine"]
 
 
-def test_int8_dynamic_refuses_below_its_bar(tmp_path):
+@pytest.mark.parametrize(
+    ("precision", "bar", "message"),
+    [
+        # int8-dynamic's search measures candidates before anything is written
+        ("int8-dynamic", 0.999999, r"min cosine 0\.9\d+ .*bar 0\.999999"),
+        # int8 round-to-nearest is measured after the artifact is written (verify_quantized)
+        (
+            "int8",
+            0.9999999,
+            r"int8 refused: min cosine 0\.9\d+ vs the float graph on the check texts is "
+            r"below the bar 0\.9999999",
+        ),
+    ],
+)
+def test_export_refused_below_its_bar(tmp_path, precision, bar, message):
     """With a bar the calibration cannot reach, the export refuses, names the measured
-    cosine and leaves no artifact."""
+    cosine and the bar, and leaves nothing: no artifact, no staging or calibration folders."""
     out = tmp_path / "refused"
     calib = tmp_path.parent / f"{tmp_path.name}-calib.txt"  # outside tmp_path (checked empty)
     calib.write_text("Hello world\nThe capital of China is Beijing.\nLe chat est sur le tapis.\n")
-    with pytest.raises(QuantizationRefused, match=r"min cosine 0\.9\d+ .*bar 0\.999999"):
-        export_onnx(
-            "random:qwen3-tiny",
-            out,
-            ExportOptions(
-                precision="int8-dynamic",
-                max_length=64,
-                progress=False,
-                quant=QuantOptions(min_cosine=0.999999, calibration=calib),
-            ),
-        )
-    assert not out.exists()
-    assert not list(tmp_path.iterdir())  # no staging or calibration folders left
-
-
-def test_int8_written_artifact_refused_below_its_bar(tmp_path):
-    """int8 round-to-nearest is measured after the artifact is written (verify_quantized, on
-    the written graph): with a bar it cannot reach the export refuses, naming the measured
-    cosine and the bar, and nothing is left."""
-    out = tmp_path / "int8"
-    calib = tmp_path.parent / f"{tmp_path.name}-calib.txt"  # outside tmp_path (checked empty)
-    calib.write_text("Hello world\nThe capital of China is Beijing.\nLe chat est sur le tapis.\n")
-    with pytest.raises(
-        QuantizationRefused,
-        match=r"int8 refused: min cosine 0\.9\d+ vs the float graph on the check texts is "
-        r"below the bar 0\.9999999",
-    ):
-        export_onnx(
-            "random:qwen3-tiny",
-            out,
-            ExportOptions(
-                precision="int8",
-                max_length=64,
-                progress=False,
-                quant=QuantOptions(min_cosine=0.9999999, calibration=calib),
-            ),
-        )
+    opts = ExportOptions(
+        precision=precision,
+        max_length=64,
+        progress=False,
+        quant=QuantOptions(min_cosine=bar, calibration=calib),
+    )
+    with pytest.raises(QuantizationRefused, match=message):
+        export_onnx("random:qwen3-tiny", out, opts)
     assert not out.exists()
     assert not list(tmp_path.iterdir())
 
