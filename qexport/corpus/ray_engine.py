@@ -30,6 +30,7 @@ engine's (`output`). `ray` is imported only inside functions: `qexport embed` wi
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -96,7 +97,17 @@ def run_job(job: RayJob, udf: type = EmbedBatch) -> EmbedSummary:
             )
             started = True
         try:
-            _write(ray, job, plan, udf)
+            failure = _write(ray, job, plan, udf)
+            if failure is not None:
+                # raised here, after _write's frames (the dataset, its executor, the actor
+                # handles) are gone, and with no reference to Ray's exception: Ray Data frees
+                # its actors by reference counting, so a traceback kept by the caller would keep
+                # the failed run's actors, and their CPUs, for a rerun in the same process
+                gc.collect()
+                raise RuntimeError(
+                    f"the Ray job failed ({failure}); "
+                    f"run the same command again to resume from {job.checkpoint_dir}"
+                )
         finally:
             if started:
                 ray.shutdown()
@@ -150,8 +161,9 @@ def _data_context(job: RayJob) -> Iterator[None]:
         ) = saved
 
 
-def _write(ray: Any, job: RayJob, plan: Plan, udf: type) -> None:
-    """The Ray Data pipeline, with the checkpoint set on the DataContext for its duration."""
+def _write(ray: Any, job: RayJob, plan: Plan, udf: type) -> str | None:
+    """The Ray Data pipeline, with the checkpoint set on the DataContext for its duration;
+    the root cause of a failed run (None: the run completed)."""
     from ray.data import ActorPoolStrategy
 
     with _data_context(job):
@@ -188,10 +200,8 @@ def _write(ray: Any, job: RayJob, plan: Plan, udf: type) -> None:
         try:
             ds.write_parquet(job.output)
         except ray.exceptions.RayError as exc:
-            raise RuntimeError(
-                f"the Ray job failed ({_root_cause(exc)}); "
-                f"run the same command again to resume from {job.checkpoint_dir}"
-            ) from exc
+            return _root_cause(exc)
+    return None
 
 
 def embed_corpus_ray(**options: Any) -> EmbedSummary:
