@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -173,17 +172,6 @@ def _make_udf(kind: str, marker: Path, on_call: int, after_commits: Path | None 
     return FaultyEmbedBatch
 
 
-def _wait_for_free_cpus(timeout_s: float = 30.0) -> None:
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0)
-    deadline = time.monotonic() + timeout_s
-    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
-        time.sleep(0.2)
-    free = ray.available_resources().get("CPU", 0)
-    assert free == total, f"{total - free:g} of {total:g} CPUs still held after the run"
-
-
 def _run_with(udf, **kwargs):
     return run_job(make_job(**kwargs), udf=udf)
 
@@ -220,9 +208,13 @@ def test_failed_run_resumes_exactly_once(ray_cluster, tiny_artifact, corpus, ref
     with pytest.raises(RuntimeError, match=r"the Ray job failed .*injected failure.* resume"):
         _run_with(_make_udf("raise", marker, 6, after_commits=job["checkpoint_dir"]), **job)
     assert marker.with_suffix(".fired").exists()
-    # the failed run's actors are gone once it has returned, even while this test keeps its
-    # exception: their CPUs are free for the rerun (held, they deadlocked it)
-    _wait_for_free_cpus()
+    # In real use the rerun is a new process, and a failed run's actors die with the old one.
+    # Here they share pytest's process, whose log capture keeps Ray Data's error record and
+    # its traceback, which references the failed run's actor handles: the actors and their
+    # CPUs then outlive the run and the rerun waits for them forever (seen in a full-suite
+    # run). So the cluster is restarted, as a new process would find it.
+    ray_cluster.shutdown()
+    ray_cluster.init(num_cpus=local_cpus(), include_dashboard=False, logging_level="WARNING")
     done_ids = _committed_ids(job["checkpoint_dir"])
     assert 0 < len(done_ids) < N_ROWS, "the first run should stop midway"
 
