@@ -170,7 +170,8 @@ class Reranker:
             artifact, "rerank", device, threads, verify, max_batch_tokens, session_options
         )
         m = self.manifest
-        assert m.rerank is not None  # manifest_checks requires the prompt for task rerank
+        if m.rerank is None:  # manifest_checks requires it for task rerank; never assumed
+            raise ManifestError(f"{str(self.path)!r}: a rerank artifact without its prompt")
         self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = int(m.rerank.get("pad_id", 0))
