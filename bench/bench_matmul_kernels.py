@@ -41,10 +41,11 @@ def projection(w: np.ndarray, kind: str, bits: int, block: int, level: int) -> t
     return list(quantize_blockwise(w, bits, block)), "MatMulNBits", attrs
 
 
-def session(w: np.ndarray, kind: str, bits: int = 8, block: int = 32, level: int = 4, threads: int = 2, copies: int = 1):  # type: ignore[no-untyped-def]  # fmt: skip
-    """A session over `copies` independent projections of X, each with its own weights."""
+def session(node: tuple[list[np.ndarray], str, dict[str, int]], threads: int = 2, copies: int = 1) -> ort.InferenceSession:  # fmt: skip
+    """A session over `copies` independent projections of X (`node`: what `projection` returns),
+    each with its own weights."""
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, K])
-    weights, op, attrs = projection(w, kind, bits, block, level)
+    weights, op, attrs = node
     domain = "" if op == "MatMul" else "com.microsoft"
     nodes, inits, outs = [], [], []
     for i in range(copies):
@@ -72,12 +73,6 @@ def configs() -> dict[str, tuple[str, dict[str, int]]]:
                 kw = {"bits": b, "block": blk, "level": lvl}
                 out[f"int{b}-b{blk}-acc{lvl}"] = (f"MatMulNBits int{b} b{blk} acc{lvl}", kw)
     return out
-
-
-def weight_bytes(w: np.ndarray, kind: str, **kw: int) -> int:
-    """Bytes of one projection's weights (B and scales) in the format `kind` reads."""
-    weights, _, _ = projection(w, kind, kw.get("bits", 8), kw.get("block", 32), kw.get("level", 4))
-    return sum(a.nbytes for a in weights)
 
 
 def timed(sess: ort.InferenceSession, x: np.ndarray, repeats: int) -> float:
@@ -110,9 +105,10 @@ def main() -> None:
     for name in args.configs:
         label, kw = table[name]
         kind = label if not label.startswith("MatMulNBits") else "MatMulNBits"
-        nbytes = weight_bytes(w, kind, **kw)
+        node = projection(w, kind, kw.get("bits", 8), kw.get("block", 32), kw.get("level", 4))
+        nbytes = sum(a.nbytes for a in node[0])  # B and scales: what the kernel reads
         copies = max(1, round(args.weights_mb * 1e6 / nbytes))
-        sess = session(w, kind, threads=args.threads, copies=copies, **kw)
+        sess = session(node, threads=args.threads, copies=copies)
         cells = []
         for m in args.rows:
             t = timed(sess, rng.standard_normal((m, K)).astype(np.float32), args.repeats) / copies

