@@ -1,9 +1,10 @@
 """Embedder: the public runtime API.
 
 Pipeline: a helper thread formats, tokenises and pads the next chunk of texts while the
-session runs the current one (onnxruntime and tokenizers release the GIL); each chunk is
-sorted by length and packed into token-budget batches (`batching.plan_batches`); on CUDA the
-inputs are bound to the device once and only the [batch, dim] float32 output is copied back.
+session runs the current one (onnxruntime and tokenizers release the GIL); each chunk goes
+through the runtime's one row loop (`core.RowRunner`: token-budget batches, right padding,
+IO binding on CUDA so only the [batch, dim] float32 output is copied back, NaN/Inf checked).
+The task's post-processing (`tasks.EMBED`: Matryoshka slice + renormalise) comes last.
 """
 
 from __future__ import annotations
@@ -11,32 +12,20 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from ..manifest import ManifestError
-from ..util import renormalise
-from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
-from .session import open_artifact
-from .tokenize import TextEncoder, check_texts, pad_right
+from ..tasks import EMBED
+from .batching import DEFAULT_MAX_BATCH_TOKENS
+from .core import Prepared, RowRunner
+from .session import check_graph, open_artifact
+from .tokenize import TextEncoder, check_texts
 
 # embed() tokenises this many texts at a time (sorted and packed within the window); the
 # next window is tokenised while the current one runs
 WINDOW = 2048
-
-
-@dataclass
-class Prepared:
-    """One chunk of texts, tokenised and padded into batches, ready to run."""
-
-    n: int
-    batches: list[tuple[np.ndarray, dict[str, np.ndarray]]]  # (row indices, feed)
-    tokens: list[int]  # tokens per text after truncation
-    truncated: int
-    dropped: int
 
 
 class Embedder:
@@ -74,37 +63,31 @@ class Embedder:
         )
         m = self.manifest
         self._inputs = m.input_names
-        self._output = "sentence_embedding"
-        self._check_graph()
+        self._output = EMBED.output
+        check_graph(self.session, m, EMBED)
         self.encoder = TextEncoder(
             self.path, m.max_length, m.instruction_template, tokenizer_file=m.tokenizer_file
         )
-        self.max_batch_tokens = max_batch_tokens
-        self.on_cuda = self.providers[0] == "CUDAExecutionProvider"
-        self.io_binding = self.on_cuda if io_binding is None else bool(io_binding)
-        self._device_id = 0
-        if self.on_cuda:
-            opts = self.session.get_provider_options().get("CUDAExecutionProvider", {})
-            self._device_id = int(opts.get("device_id", 0))
+        self.core = RowRunner(
+            self.session,
+            EMBED.output,
+            max_batch_tokens=max_batch_tokens,
+            io_binding=io_binding,
+            unit=EMBED.unit,
+            precision=m.precision,
+        )
 
-    def _check_graph(self) -> None:
-        """The manifest must describe the graph that was loaded: same inputs, and a
-        sentence_embedding output embedding_dim wide (cheap: the session knows its shapes)."""
-        m = self.manifest
-        got = sorted(i.name for i in self.session.get_inputs())
-        if got != sorted(m.input_names):
-            raise ManifestError(
-                f"manifest inputs {sorted(m.input_names)} do not match the graph's {got}"
-            )
-        outputs = {o.name: o.shape for o in self.session.get_outputs()}
-        if self._output not in outputs:
-            raise ManifestError(f"the graph has no {self._output!r} output")
-        width = outputs[self._output][-1]
-        if isinstance(width, int) and width != m.embedding_dim:
-            raise ManifestError(
-                f"manifest embedding_dim {m.embedding_dim} does not match the graph's "
-                f"{self._output} width {width}"
-            )
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.core.max_batch_tokens
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.core.on_cuda
+
+    @property
+    def io_binding(self) -> bool:
+        return self.core.io_binding
 
     @property
     def dim(self) -> int:
@@ -138,14 +121,6 @@ class Embedder:
                 f"dim {dim} is not allowed; allowed sizes: {self.manifest.allowed_dims}"
             )
 
-    def _check_finite(self, out: np.ndarray) -> None:
-        if not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-            raise FloatingPointError(
-                f"the model produced NaN/Inf for {len(bad)} text(s) (first index {int(bad[0])}); "
-                f"precision {self.manifest.precision} may overflow for this model"
-            )
-
     # -- building blocks ----------------------------------------------------------------------
 
     def tokenize(
@@ -161,36 +136,9 @@ class Embedder:
         enc = self.encoder.encode(self.encoder.format(texts, instruction), warn=False)
         return enc.ids, enc.type_ids, enc.truncated, enc.dropped
 
-    def _feed(self, ids: list[list[int]], type_ids: list[list[int]]) -> dict[str, np.ndarray]:
-        input_ids, mask = pad_right(ids)
-        feed = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feed["token_type_ids"] = pad_right(type_ids)[0]
-        return feed
-
-    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        if not self.io_binding:
-            (out,) = self.session.run([self._output], feed)
-            return np.asarray(out, dtype=np.float32)
-        binding = self.session.io_binding()
-        if self.on_cuda:
-            for name, arr in feed.items():  # one host-to-device copy per input
-                binding.bind_ortvalue_input(
-                    name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self._device_id)
-                )
-            binding.bind_output(self._output, "cuda", self._device_id)
-        else:
-            for name, arr in feed.items():
-                binding.bind_cpu_input(name, arr)
-            binding.bind_output(self._output, "cpu")
-        self.session.run_with_iobinding(binding)
-        # only the bound [batch, dim] float32 output comes back (token_embeddings never does)
-        (out,) = binding.copy_outputs_to_cpu()
-        return np.asarray(out, dtype=np.float32)
-
     def run_batch(self, ids: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
         """One padded forward pass; returns float32 [len(ids), hidden]."""
-        return self._run(self._feed(ids, type_ids))
+        return self.core.run_feed(self.core.feed(ids, type_ids))
 
     def prepare(
         self,
@@ -202,32 +150,18 @@ class Embedder:
         dropped: int = 0,
     ) -> Prepared:
         """Pack tokenised rows into token-budget batches (at most `batch_size` rows each)."""
-        if type_ids is None:
-            type_ids = [[0] * len(r) for r in ids]
-        lengths = [len(r) for r in ids]
-        batches = [
-            (idx, self._feed([ids[i] for i in idx], [type_ids[i] for i in idx]))
-            for idx in plan_batches(lengths, self.max_batch_tokens, batch_size)
-        ]
-        return Prepared(len(ids), batches, lengths, truncated, dropped)
+        return self.core.prepare(
+            ids, type_ids, batch_size=batch_size, truncated=truncated, dropped=dropped
+        )
 
     def run_prepared(self, prepared: Prepared) -> np.ndarray:
         """Run every batch; float32 [n, hidden] in the original row order, NaN/Inf checked."""
-        out = np.empty((prepared.n, self.dim), dtype=np.float32)
-        for idx, feed in prepared.batches:
-            out[idx] = self._run(feed)
-        self._check_finite(out)
-        return out
+        return self.core.run_prepared(prepared)
 
     def truncate_dim(self, out: np.ndarray, dim: int | None) -> np.ndarray:
         """Matryoshka: keep the first `dim` values and renormalise (when the model normalises)."""
         self._check_dim(dim)
-        if dim is None or dim == self.dim:
-            return out
-        out = out[:, :dim]
-        if self.manifest.normalize:
-            out = renormalise(out)
-        return np.ascontiguousarray(out, dtype=np.float32)
+        return EMBED.postprocess(out, dim, normalize=self.manifest.normalize)
 
     def _prepare_texts(
         self, texts: Sequence[str], instruction: str | None, rows: int, checked: bool = False

@@ -4,8 +4,10 @@ The prompt comes from the manifest, never from code: `prefix_ids + body_ids + su
 with body = `template.format(instruction=, query=, doc=)`, the body cut to
 `max_length - len(prefix) - len(suffix)` tokens from its end (as the model card's
 `tokenizer(..., truncation='longest_first', max_length=...)` does) so the suffix always
-survives. Rows are right-padded and packed into token-budget batches (`batching.py`); the
-graph returns one logit per pair, `score = sigmoid(logit) = softmax([no, yes])[yes]`.
+survives. Rows run through the runtime's one row loop (`core.RowRunner`: token-budget
+batches, right padding with the manifest's pad id, NaN/Inf checked); the graph returns one
+logit per pair, and the task's post-processing (`tasks.RERANK`) gives
+`score = sigmoid(logit) = softmax([no, yes])[yes]`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from ..manifest import ManifestError
-from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
-from .session import open_artifact
-from .tokenize import pad_right
+from ..tasks import RERANK
+from ..tasks import sigmoid as sigmoid
+from .batching import DEFAULT_MAX_BATCH_TOKENS
+from .core import RowRunner
+from .session import check_graph, open_artifact
 
 MARGIN = 64  # tokens past the body budget before a prefix's ids are trusted
 CLIP_CHARS_PER_TOKEN = 6  # a body longer than this many characters per token: prefix first
@@ -172,9 +176,21 @@ class Reranker:
         m = self.manifest
         if m.rerank is None:  # manifest_checks requires it for task rerank; never assumed
             raise ManifestError(f"{str(self.path)!r}: a rerank artifact without its prompt")
+        check_graph(self.session, m, RERANK)
         self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
-        self.max_batch_tokens = max_batch_tokens
         self.pad_id = int(m.rerank.get("pad_id", 0))
+        self.core = RowRunner(
+            self.session,
+            RERANK.output,
+            pad_id=self.pad_id,
+            max_batch_tokens=max_batch_tokens,
+            unit=RERANK.unit,
+            precision=m.precision,
+        )
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.core.max_batch_tokens
 
     @property
     def providers(self) -> list[str]:
@@ -186,20 +202,7 @@ class Reranker:
 
     def logits_for_ids(self, rows: list[list[int]], batch_size: int = 32) -> np.ndarray:
         """log-odds (logit(yes) - logit(no)) per tokenised pair, in input order."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = np.empty(len(rows), dtype=np.float32)
-        for idx in plan_batches([len(r) for r in rows], self.max_batch_tokens, batch_size):
-            ids, mask = pad_right([rows[i] for i in idx], self.pad_id)
-            (logit,) = self.session.run(["logit"], {"input_ids": ids, "attention_mask": mask})
-            out[idx] = logit
-        if not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(out))
-            raise FloatingPointError(
-                f"the model produced NaN/Inf for {len(bad)} pair(s) (first index {int(bad[0])}); "
-                f"precision {self.manifest.precision} may overflow for this model"
-            )
-        return out
+        return self.core.run(rows, batch_size=batch_size)
 
     def logits(
         self,
@@ -227,7 +230,7 @@ class Reranker:
         batch_size: int = 32,
     ) -> np.ndarray:
         """Relevance probabilities (float32, in input order): P(yes) = sigmoid(log-odds)."""
-        return sigmoid(self.logits(query, documents, instruction, batch_size=batch_size))
+        return RERANK.postprocess(self.logits(query, documents, instruction, batch_size=batch_size))
 
     def rerank(
         self,
@@ -254,9 +257,3 @@ def ranked(scores: np.ndarray, top_n: int | None) -> list[tuple[int, float]]:
     if top_n is not None:
         order = order[:top_n]
     return [(int(i), float(scores[i])) for i in order]
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Stable in float64 for large |x|, returned as float32."""
-    x64 = np.asarray(x, dtype=np.float64)
-    return (0.5 * (1.0 + np.tanh(0.5 * x64))).astype(np.float32)

@@ -14,6 +14,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from ..manifest import Manifest, ManifestError, load_manifest
+from ..tasks import Task, wrong_task
 
 log = logging.getLogger("qexport")
 _warned_fallback = False
@@ -121,14 +122,6 @@ def create_session(
     return sess
 
 
-# an artifact of each task, and what it is not when opened as the other
-TASK_NOUN = {"embed": "an embedding", "rerank": "a rerank"}
-WRONG_TASK = {
-    "embed": "not an embedding model: use qexport.runtime.Reranker",
-    "rerank": "not a reranker: use qexport.runtime.Embedder",
-}
-
-
 def open_artifact(
     artifact: str | Path,
     task: str,
@@ -147,8 +140,7 @@ def open_artifact(
     path = Path(artifact)
     m = load_manifest(path, verify=verify)
     if m.task != task:
-        noun = TASK_NOUN.get(m.task, f"a {m.task!r}")
-        raise ValueError(f"{str(path)!r} is {noun} artifact, {WRONG_TASK[task]}")
+        raise ValueError(wrong_task(str(path), m.task, task))
     try:
         session = create_session(path / m.graph_file, device, m.precision, threads, options)
     except (ValueError, RuntimeError):
@@ -159,3 +151,31 @@ def open_artifact(
             first = f"{first[:120]} ... {first[-260:]}"
         raise ManifestError(f"graph {m.graph_file!r} cannot be loaded: {first}") from exc
     return path, m, session
+
+
+def check_graph(session: ort.InferenceSession, m: Manifest, task: Task) -> None:
+    """The manifest must describe the graph that was loaded: the same inputs, every output the
+    task declares, and (for a task whose rows are embeddings) an output `embedding_dim` wide.
+    Cheap: the session knows its shapes."""
+    got = sorted(i.name for i in session.get_inputs())
+    if got != sorted(m.input_names):
+        raise ManifestError(
+            f"manifest inputs {sorted(m.input_names)} do not match the graph's {got}"
+        )
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    for name in task.outputs:
+        if name not in outputs:
+            raise ManifestError(f"the graph has no {name!r} output")
+    shape = outputs[task.output]
+    if task.row_shape == "dim":
+        width = shape[-1] if shape else None
+        if isinstance(width, int) and width != m.embedding_dim:
+            raise ManifestError(
+                f"manifest embedding_dim {m.embedding_dim} does not match the graph's "
+                f"{task.output} width {width}"
+            )
+    elif shape is not None and len(shape) != 1 + len(task.row_shape):
+        raise ManifestError(
+            f"the graph's {task.output!r} output has shape {shape}; a {task.name} artifact "
+            f"gives {1 + len(task.row_shape)} dimension(s)"
+        )
