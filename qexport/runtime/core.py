@@ -29,7 +29,8 @@ class Prepared:
     batches: list[tuple[np.ndarray, Feed]]  # (row indices, feed)
     tokens: list[int]  # tokens per row after truncation
     truncated: int = 0
-    dropped: int = 0
+    dropped: int = 0  # a lower bound when texts were clipped before tokenising
+    clipped: int = 0  # texts tokenised from a prefix only (TextEncoder.clip_chars)
 
 
 class RowRunner:

@@ -6,9 +6,17 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
+
+# A text longer than CLIP_CHARS_PER_TOKEN * (max_length + MARGIN) characters is tokenised from
+# a prefix only (`TextEncoder._prefix_encoding`); byte-level BPE and WordPiece give at least
+# one character per token, so the first prefix already holds what max_length can keep for
+# ordinary text.
+MARGIN = 64  # tokens tokenised past max_length before a prefix is trusted
+CLIP_CHARS_PER_TOKEN = 6  # first prefix: this many characters per token allowed
 
 
 @dataclass
@@ -16,7 +24,8 @@ class Encoded:
     ids: list[list[int]]
     type_ids: list[list[int]]
     truncated: int  # texts that were cut
-    dropped: int  # tokens dropped in all
+    dropped: int  # tokens dropped in all (a lower bound when `clipped`)
+    clipped: int = 0  # texts tokenised from a prefix only (longer than TextEncoder.clip_chars)
 
 
 def check_text(text: object, where: str) -> None:
@@ -72,16 +81,39 @@ class TextEncoder:
             raise ValueError("this model has no instruction template; embed without instruction")
         return [self.template.format(instruction=instruction, text=t) for t in texts]
 
-    def encode(self, texts: list[str], *, warn: bool = True) -> Encoded:
+    def _tokenize(self, texts: list[str]) -> list[Any]:
+        """tokenizers' encodings, a text longer than `clip_chars` tokenised from a prefix only:
+        once a prefix holds `MARGIN` tokens past max_length the text is cut inside it, so the
+        rest is never tokenised (the margin keeps the kept ids equal to those of the whole
+        text). Memory is bounded by max_length, not by the text (a 15M-character record)."""
+        clip = self.clip_chars
+        short = [t for t in texts if len(t) <= clip]
         try:
-            encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=True)
+            encs = iter(self.tokenizer.encode_batch_fast(short, add_special_tokens=True))
         except TypeError:  # tokenizers says neither which text nor why
             check_texts(texts)
             raise
+        return [next(encs) if len(t) <= clip else self._prefix_encoding(t) for t in texts]
+
+    def _prefix_encoding(self, text: str) -> Any:
+        need = self.max_length + MARGIN
+        cap = self.clip_chars
+        while cap < len(text):
+            enc = self.tokenizer.encode(text[:cap], add_special_tokens=True)
+            if len(enc.ids) >= need:
+                return enc
+            cap *= 4
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    @property
+    def clip_chars(self) -> int:
+        return CLIP_CHARS_PER_TOKEN * (self.max_length + MARGIN)
+
+    def encode(self, texts: list[str], *, warn: bool = True) -> Encoded:
         ids, type_ids = [], []
         truncated = dropped = 0
         limit = self.max_length
-        for enc in encodings:
+        for enc in self._tokenize(texts):
             e_ids, e_types = enc.ids, enc.type_ids
             if len(e_ids) > limit:
                 special = enc.special_tokens_mask
@@ -96,13 +128,20 @@ class TextEncoder:
                 e_types = e_types[:keep] + (e_types[-tail:] if tail else [])
             ids.append(e_ids)
             type_ids.append(e_types)
+        clipped = sum(len(t) > self.clip_chars for t in texts)
         if truncated and warn:
-            warnings.warn(
-                f"{truncated} text(s) longer than max_length {limit} were truncated: "
-                f"{dropped} token(s) dropped",
-                stacklevel=3,
-            )
-        return Encoded(ids, type_ids, truncated, dropped)
+            warnings.warn(truncation_message(truncated, dropped, limit, clipped), stacklevel=3)
+        return Encoded(ids, type_ids, truncated, dropped, clipped)
+
+
+def truncation_message(truncated: int, dropped: int, max_length: int, clipped: int = 0) -> str:
+    """'3 text(s) longer than max_length 512 were truncated: 40 token(s) dropped' ('at least'
+    when a text was tokenised from a prefix only)."""
+    least = "at least " if clipped else ""
+    return (
+        f"{truncated} text(s) longer than max_length {max_length} were truncated: "
+        f"{least}{dropped} token(s) dropped"
+    )
 
 
 def pad_right(rows: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
