@@ -20,6 +20,7 @@ import onnxruntime as ort
 from ..tasks import EMBED
 from .batching import DEFAULT_MAX_BATCH_TOKENS
 from .core import Prepared, RowRunner
+from .graph_scan import check_token_ids, tokenizer_max_id
 from .session import check_graph, open_artifact
 from .tokenize import Encoded, TextEncoder, check_texts, truncation_message
 
@@ -58,9 +59,10 @@ class Embedder:
         io_binding: bool | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        self.path, self.manifest, self.session = open_artifact(
+        opened = open_artifact(
             artifact, "embed", device, threads, verify, max_batch_tokens, session_options
         )
+        self.path, self.manifest, self.session = opened.path, opened.manifest, opened.session
         m = self.manifest
         self._inputs = m.input_names
         self._output = EMBED.output
@@ -68,6 +70,7 @@ class Embedder:
         self.encoder = TextEncoder(
             self.path, m.max_length, m.instruction_template, tokenizer_file=m.tokenizer_file
         )
+        check_token_ids(opened.graph, tokenizer_max_id(self.encoder.tokenizer), "the tokenizer")
         self.core = RowRunner(
             self.session,
             EMBED.output,
@@ -116,6 +119,8 @@ class Embedder:
         return texts
 
     def _check_dim(self, dim: int | None) -> None:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))):
+            raise ValueError(f"dim must be an integer, got {type(dim).__name__} {dim!r}")
         if dim is not None and dim not in self.manifest.allowed_dims:
             raise ValueError(
                 f"dim {dim} is not allowed; allowed sizes: {self.manifest.allowed_dims}"

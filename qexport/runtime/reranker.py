@@ -26,6 +26,7 @@ from ..tasks import RERANK
 from ..tasks import sigmoid as sigmoid
 from .batching import DEFAULT_MAX_BATCH_TOKENS
 from .core import RowRunner
+from .graph_scan import check_token_ids, tokenizer_max_id
 from .session import check_graph, open_artifact
 
 MARGIN = 64  # tokens past the body budget before a prefix's ids are trusted
@@ -170,15 +171,19 @@ class Reranker:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        self.path, self.manifest, self.session = open_artifact(
+        opened = open_artifact(
             artifact, "rerank", device, threads, verify, max_batch_tokens, session_options
         )
+        self.path, self.manifest, self.session = opened.path, opened.manifest, opened.session
         m = self.manifest
         if m.rerank is None:  # manifest_checks requires it for task rerank; never assumed
             raise ManifestError(f"{str(self.path)!r}: a rerank artifact without its prompt")
         check_graph(self.session, m, RERANK)
         self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
         self.pad_id = int(m.rerank.get("pad_id", 0))
+        enc = self.encoder
+        ids = [tokenizer_max_id(enc.tokenizer), self.pad_id, *enc.prefix, *enc.suffix]
+        check_token_ids(opened.graph, max(ids), "the tokenizer or the manifest's prompt")
         self.core = RowRunner(
             self.session,
             RERANK.output,

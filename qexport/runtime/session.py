@@ -4,17 +4,21 @@ loads an artifact's manifest and graph for the Embedder and the Reranker."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import io
 import logging
 import os
+import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
 from ..manifest import Manifest, ManifestError, load_manifest
 from ..tasks import Task, wrong_task
+from .graph_scan import GraphScan, scan_graph
 
 log = logging.getLogger("qexport")
 _warned_fallback = False
@@ -25,6 +29,17 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class DeviceError(RuntimeError):
     """The requested device cannot run this artifact."""
+
+
+def threads_from_env() -> int:
+    """QEXPORT_THREADS as a thread count (0 or unset: onnxruntime's default); ValueError naming
+    the variable otherwise."""
+    raw = os.environ.get("QEXPORT_THREADS", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > 4096:
+        raise ValueError(f"QEXPORT_THREADS must be a thread count from 0 to 4096, got {raw[:40]!r}")
+    return int(raw)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -47,7 +62,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     opts.enable_mem_reuse = False
     opts.enable_mem_pattern = False
     if threads is None:
-        threads = int(os.environ.get("QEXPORT_THREADS", "0")) or 0
+        threads = threads_from_env()
     opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (physical cores)
     opts.log_severity_level = 3
     return opts
@@ -67,6 +82,34 @@ def preload_cuda_libraries() -> None:
             ort.preload_dlls()
 
 
+_cuda_devices: int | None = None
+
+
+def cuda_device_count() -> int:
+    """GPUs the NVIDIA driver reports (cuInit + cuDeviceGetCount through the driver library;
+    0 where there is no driver). `device="auto"` asks the CUDA provider only when this is
+    positive, so a machine without a GPU runs on CPU silently instead of printing the provider's
+    load failures."""
+    global _cuda_devices
+    if _cuda_devices is None:
+        _cuda_devices = _count_cuda_devices()
+    return _cuda_devices
+
+
+def _count_cuda_devices() -> int:
+    names = {"linux": ("libcuda.so.1", "libcuda.so"), "win32": ("nvcuda.dll",)}
+    for name in names.get(sys.platform, ()):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    return 0
+
+
 def create_session(
     graph: Path,
     device: str,
@@ -81,12 +124,15 @@ def create_session(
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     available = ort.get_available_providers()
-    want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+    want_cuda = "CUDAExecutionProvider" in available and (
+        device == "cuda" or (device == "auto" and cuda_device_count() > 0)
+    )
     if want_cuda:
         preload_cuda_libraries()
     if device == "cuda" and not want_cuda:
         raise DeviceError(
-            f"device='cuda' but this onnxruntime has no CUDA provider (available: {available})"
+            f"device='cuda' but this onnxruntime has no CUDA provider (available: {available}); "
+            "install the GPU build: pip install 'qexport[gpu]'"
         )
     providers: list[str] = (
         ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
@@ -122,6 +168,14 @@ def create_session(
     return sess
 
 
+@dataclass
+class Opened:
+    path: Path
+    manifest: Manifest
+    session: ort.InferenceSession
+    graph: GraphScan
+
+
 def open_artifact(
     artifact: str | Path,
     task: str,
@@ -130,8 +184,10 @@ def open_artifact(
     verify: bool,
     max_batch_tokens: int,
     options: ort.SessionOptions | None,
-) -> tuple[Path, Manifest, ort.InferenceSession]:
-    """The artifact folder, its checked manifest (a `task` one) and its graph's session.
+) -> Opened:
+    """The artifact folder, its checked manifest (a `task` one), what qexport checked in its
+    graph file (external data confined to the folder, the vocabulary rows; `graph_scan`)
+    before onnxruntime opened it, and its session.
 
     ValueError for a bad `max_batch_tokens` or another task's artifact; ManifestError for a
     graph that onnxruntime cannot load (its first line of reason kept)."""
@@ -141,6 +197,7 @@ def open_artifact(
     m = load_manifest(path, verify=verify)
     if m.task != task:
         raise ValueError(wrong_task(str(path), m.task, task))
+    scan = scan_graph(path / m.graph_file, path.resolve())
     try:
         session = create_session(path / m.graph_file, device, m.precision, threads, options)
     except (ValueError, RuntimeError):
@@ -150,7 +207,7 @@ def open_artifact(
         if len(first) > 400:  # onnxruntime puts its reason after a long C++ signature
             first = f"{first[:120]} ... {first[-260:]}"
         raise ManifestError(f"graph {m.graph_file!r} cannot be loaded: {first}") from exc
-    return path, m, session
+    return Opened(path, m, session, scan)
 
 
 def check_graph(session: ort.InferenceSession, m: Manifest, task: Task) -> None:
