@@ -13,9 +13,9 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from ..tasks import EMBED
 from .batching import DEFAULT_MAX_BATCH_TOKENS
@@ -23,6 +23,9 @@ from .core import Prepared, RowRunner
 from .graph_scan import check_token_ids, tokenizer_max_id
 from .session import check_graph, open_artifact
 from .tokenize import Encoded, TextEncoder, check_texts, truncation_message
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 # embed() tokenises this many texts at a time (sorted and packed within the window); the
 # next window is tokenised while the current one runs

@@ -21,50 +21,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
 from ..manifest_checks import ManifestError, inside
 
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 GRAPH_BYTES_LIMIT = 2 << 30  # protobuf's own limit for one message
 
-_F = descriptor_pb2.FieldDescriptorProto
-# message -> [(field name, number, type, label, message type)]
+# protobuf's FieldDescriptorProto types and labels
+_STR, _I64, _I32, _MSG = 9, 3, 5, 11
+# message -> [(field name, number, type, label (1 optional, 3 repeated), message type)]
 _SCHEMA: dict[str, list[tuple[str, int, int, int, str]]] = {
-    "Entry": [("key", 1, _F.TYPE_STRING, 1, ""), ("value", 2, _F.TYPE_STRING, 1, "")],
+    "Entry": [("key", 1, _STR, 1, ""), ("value", 2, _STR, 1, "")],
     "Tensor": [
-        ("dims", 1, _F.TYPE_INT64, 3, ""),
-        ("name", 8, _F.TYPE_STRING, 1, ""),
-        ("external_data", 13, _F.TYPE_MESSAGE, 3, "Entry"),
-        ("data_location", 14, _F.TYPE_INT32, 1, ""),
+        ("dims", 1, _I64, 3, ""),
+        ("name", 8, _STR, 1, ""),
+        ("external_data", 13, _MSG, 3, "Entry"),
+        ("data_location", 14, _I32, 1, ""),
     ],
     "Sparse": [
-        ("values", 1, _F.TYPE_MESSAGE, 1, "Tensor"),
-        ("indices", 2, _F.TYPE_MESSAGE, 1, "Tensor"),
+        ("values", 1, _MSG, 1, "Tensor"),
+        ("indices", 2, _MSG, 1, "Tensor"),
     ],
     "Attribute": [
-        ("t", 5, _F.TYPE_MESSAGE, 1, "Tensor"),
-        ("g", 6, _F.TYPE_MESSAGE, 1, "Graph"),
-        ("tensors", 10, _F.TYPE_MESSAGE, 3, "Tensor"),
-        ("graphs", 11, _F.TYPE_MESSAGE, 3, "Graph"),
-        ("sparse_tensor", 22, _F.TYPE_MESSAGE, 1, "Sparse"),
-        ("sparse_tensors", 23, _F.TYPE_MESSAGE, 3, "Sparse"),
+        ("t", 5, _MSG, 1, "Tensor"),
+        ("g", 6, _MSG, 1, "Graph"),
+        ("tensors", 10, _MSG, 3, "Tensor"),
+        ("graphs", 11, _MSG, 3, "Graph"),
+        ("sparse_tensor", 22, _MSG, 1, "Sparse"),
+        ("sparse_tensors", 23, _MSG, 3, "Sparse"),
     ],
     "Node": [
-        ("input", 1, _F.TYPE_STRING, 3, ""),
-        ("op_type", 4, _F.TYPE_STRING, 1, ""),
-        ("attribute", 5, _F.TYPE_MESSAGE, 3, "Attribute"),
+        ("input", 1, _STR, 3, ""),
+        ("op_type", 4, _STR, 1, ""),
+        ("attribute", 5, _MSG, 3, "Attribute"),
     ],
     "Graph": [
-        ("node", 1, _F.TYPE_MESSAGE, 3, "Node"),
-        ("initializer", 5, _F.TYPE_MESSAGE, 3, "Tensor"),
-        ("sparse_initializer", 15, _F.TYPE_MESSAGE, 3, "Sparse"),
+        ("node", 1, _MSG, 3, "Node"),
+        ("initializer", 5, _MSG, 3, "Tensor"),
+        ("sparse_initializer", 15, _MSG, 3, "Sparse"),
     ],
-    "Model": [("graph", 7, _F.TYPE_MESSAGE, 1, "Graph")],
+    "Model": [("graph", 7, _MSG, 1, "Graph")],
 }
 
 
 def _model_class() -> Any:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # onnxruntime's
+
     proto = descriptor_pb2.FileDescriptorProto(
         name="qexport_onnx_subset.proto", package="qexport_onnx_subset", syntax="proto2"
     )

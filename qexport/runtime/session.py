@@ -13,12 +13,15 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnxruntime as ort
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..manifest import Manifest, ManifestError, load_manifest
 from ..tasks import Task, wrong_task
 from .graph_scan import GraphScan, scan_graph
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger("qexport")
 _warned_fallback = False
@@ -29,6 +32,27 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class DeviceError(RuntimeError):
     """The requested device cannot run this artifact."""
+
+
+class MissingRuntime(ImportError):
+    """No onnxruntime wheel is installed (the runtime install chooses one: qexport[cpu] or
+    qexport[gpu])."""
+
+
+INSTALL_HINT = (
+    "onnxruntime is not installed: pip install 'qexport[cpu]' (CPU), or 'qexport[gpu]' on a "
+    "machine with an NVIDIA GPU (never both)"
+)
+
+
+def load_onnxruntime() -> ModuleType:
+    """The onnxruntime module, whichever wheel provides it; MissingRuntime (one line naming the
+    extras) when neither is installed. The one place the runtime imports it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingRuntime(INSTALL_HINT) from exc
+    return onnxruntime
 
 
 def threads_from_env() -> int:
@@ -57,6 +81,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     * the CPU arena stays on: without it glibc keeps freed 16-32 MB tensors in its heaps (a
       higher peak at 4k) and every batch pays fresh page faults (short texts ~15% slower).
     """
+    ort = load_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_mem_reuse = False
@@ -77,6 +102,7 @@ def preload_cuda_libraries() -> None:
     if _preloaded:
         return
     _preloaded = True
+    ort = load_onnxruntime()
     if hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
         with contextlib.redirect_stdout(io.StringIO()):
             ort.preload_dlls()
@@ -123,6 +149,7 @@ def create_session(
     global _warned_fallback
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    ort = load_onnxruntime()
     available = ort.get_available_providers()
     want_cuda = "CUDAExecutionProvider" in available and (
         device == "cuda" or (device == "auto" and cuda_device_count() > 0)
@@ -200,7 +227,7 @@ def open_artifact(
     scan = scan_graph(path / m.graph_file, path.resolve())
     try:
         session = create_session(path / m.graph_file, device, m.precision, threads, options)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError, ImportError):
         raise
     except Exception as exc:  # onnxruntime's own Fail / InvalidProtobuf / InvalidGraph
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
