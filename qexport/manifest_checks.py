@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from .templates import TemplateError, check_template
+
 # Generous bounds: the largest models we know have 32k-128k positions and 8k-wide embeddings.
 MAX_LENGTH_LIMIT = 1 << 20
 EMBEDDING_DIM_LIMIT = 1 << 16
@@ -85,9 +87,9 @@ def _template(v: Any) -> None:
     if not isinstance(v, str) or "{text}" not in v:
         raise _fail(f"instruction_template must contain {{text}}, got {v!r}"[:200])
     try:
-        v.format(instruction="", text="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise _fail(f"instruction_template {v!r} is not a valid template ({exc!r})"[:200]) from None
+        check_template(v, ("instruction", "text"), "instruction_template")
+    except TemplateError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _token_id(v: Any) -> bool:
@@ -111,9 +113,9 @@ def _rerank(v: Any) -> None:
         if key in v and not _token_id(v[key]):
             raise _fail(f"rerank.{key} must be a token id, got {str(v[key])[:40]}")
     try:
-        v["template"].format(instruction="", query="", doc="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise _fail(f"rerank.template is not a usable template ({exc!r})") from None
+        check_template(v["template"], ("instruction", "query", "doc"), "rerank.template")
+    except TemplateError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _tensors(key: str) -> Callable[[Any], None]:

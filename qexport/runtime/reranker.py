@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 from ..manifest import ManifestError
 from ..tasks import RERANK
 from ..tasks import sigmoid as sigmoid
+from ..templates import check_template
 from .batching import DEFAULT_MAX_BATCH_TOKENS
 from .core import RowRunner
 from .graph_scan import check_token_ids, tokenizer_max_id
@@ -93,7 +94,9 @@ class PairEncoder:
                 raise ManifestError(
                     f"the tokenizer encodes the manifest's {key} as {got}, not {ids}"
                 )
-        self.template: str = rerank["template"]
+        self.template: str = check_template(
+            rerank["template"], ("instruction", "query", "doc"), "rerank.template"
+        )
         self.default_instruction: str = rerank["default_instruction"]
         self.max_length = max_length
         self.body_budget = max_length - len(self.prefix) - len(self.suffix)

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from ..templates import check_template
+
 # A text longer than CLIP_CHARS_PER_TOKEN * (max_length + MARGIN) characters is tokenised from
 # a prefix only (`TextEncoder._prefix_encoding`); byte-level BPE and WordPiece give at least
 # one character per token, so the first prefix already holds what max_length can keep for
@@ -71,7 +73,11 @@ class TextEncoder:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.max_length = max_length
-        self.template = template
+        self.template = (
+            None
+            if template is None
+            else check_template(template, ("instruction", "text"), "instruction_template")
+        )
 
     def format(self, texts: list[str], instruction: str | None) -> list[str]:
         if instruction is None:
