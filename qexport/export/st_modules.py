@@ -257,7 +257,13 @@ def _check_task(name: str, cfg: dict[str, Any]) -> None:
         raise UnsupportedModelError(
             f"{name}: transformer_task {task!r} is not supported; supported: feature-extraction"
         )
-    text = (cfg.get("modality_config") or {}).get("text")
+    modalities = cfg.get("modality_config") or {}
+    if "message" in modalities:
+        raise UnsupportedModelError(
+            f"{name}: modality_config has 'message', so sentence-transformers renders every text "
+            "through the tokenizer's chat template; not supported (keep only 'text')"
+        )
+    text = modalities.get("text")
     if text is not None and (text.get("method"), text.get("method_output_name")) != (
         "forward",
         "last_hidden_state",
