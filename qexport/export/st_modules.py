@@ -1,31 +1,46 @@
 """sentence-transformers folders of every version, read by what each module is.
 
-`modules.json` names each module by where its class lived when the folder was saved, and the
-class paths moved between releases; the files each module's `save()` writes changed too.
-What qexport recognises (a module is its class; every spelling of one class reads the same):
+`modules.json` names each module by where its class lived when the folder was saved; the class
+paths moved between releases, and so did the files each module's `save()` writes. Every
+spelling of one class reads the same (checked against the releases' own save code):
 
-| module      | 2.x - 5.3 (`type`)                           | 5.4 - 5.x                                                          | 6.x                                                      |
-| ----------- | -------------------------------------------- | ------------------------------------------------------------------ | -------------------------------------------------------- |
-| Transformer | sentence_transformers.models.Transformer     | sentence_transformers.base.modules.transformer.Transformer         | (as 5.4)                                                 |
-| Pooling     | sentence_transformers.models.Pooling         | sentence_transformers.sentence_transformer.modules.pooling.Pooling | (as 5.4)                                                 |
-| Dense       | sentence_transformers.models.Dense           | sentence_transformers.base.modules.dense.Dense                     | (as 5.4)                                                 |
-| Normalize   | sentence_transformers.models.Normalize       | sentence_transformers.sentence_transformer.modules.normalize.Normalize | sentence_transformers.base.modules.normalize.Normalize |
+modules.json `type`
+  Transformer  1.x-5.3  sentence_transformers.models.Transformer
+               5.4-6.x  sentence_transformers.base.modules.transformer.Transformer
+  Pooling      1.x-5.3  sentence_transformers.models.Pooling
+               5.4-6.x  sentence_transformers.sentence_transformer.modules.pooling.Pooling
+  Dense        1.x-5.3  sentence_transformers.models.Dense
+               5.4-6.x  sentence_transformers.base.modules.dense.Dense
+  Normalize    1.x-5.3  sentence_transformers.models.Normalize
+               5.4-5.x  sentence_transformers.sentence_transformer.modules.normalize.Normalize
+               6.x      sentence_transformers.base.modules.normalize.Normalize
+  and the package re-exports the loader resolves to the same classes (hand-written folders):
+  sentence_transformers.sentence_transformer.modules.<Class>, sentence_transformers.base.
+  modules.{Transformer,Dense,Normalize}
 
-plus the package re-exports sentence-transformers' loader resolves to the same classes
-(`sentence_transformers.sentence_transformer.modules.<Class>`, `sentence_transformers.base.modules.
-<Class>`), which hand-written folders use.
+module files
+  Pooling/config.json      <= 5.x: word_embedding_dimension + one boolean per mode
+                           (pooling_mode_{cls_token,mean_tokens,max_tokens,mean_sqrt_len_tokens};
+                           weightedmean_tokens and lasttoken from 2.3; include_prompt from 2.4)
+                           6.x: embedding_dimension, pooling_mode (a name, or a list to
+                           concatenate), include_prompt
+  Dense/config.json        in_features, out_features, bias, activation_function; 6.x adds
+                           module_input_name / module_output_name (use_residual only when true)
+  Dense weights            <= 3.0.0: pytorch_model.bin; from 3.0.1: model.safetensors
+  Normalize                <= 5.x: nothing (an empty folder); 6.x: config.json with
+                           module_input_name / module_output_name
+  sentence_bert_config.json  (0.x: sentence_<arch>_config.json) <= 5.x: max_seq_length,
+                           do_lower_case; 6.x: transformer_task, modality_config,
+                           module_output_name, and the length only as the tokenizer's
+                           model_max_length (tokenizer_config.json; older releases fell back to
+                           it too)
+  config_sentence_transformers.json  prompts, default_prompt_name, similarity_fn_name (>= 3.0),
+                           model_type (>= 5.0), truncate_dim (6.x)
 
-| file                                   | 2.x - 5.x                                                     | 6.x                                                              |
-| -------------------------------------- | ------------------------------------------------------------- | ---------------------------------------------------------------- |
-| Pooling `config.json`                  | `word_embedding_dimension`, one bool `pooling_mode_*_tokens` / `pooling_mode_lasttoken` per mode, `include_prompt` (>= 2.4) | `embedding_dimension`, `pooling_mode` (a name, or a list to concatenate), `include_prompt` |
-| Dense `config.json` + weights          | `in_features`, `out_features`, `bias`, `activation_function`; `pytorch_model.bin` (2.x) or `model.safetensors` (>= 3.0) | + `module_input_name` / `module_output_name` (`use_residual` only when true); `model.safetensors` |
-| Normalize                              | an empty folder                                               | `config.json`: `module_input_name`, `module_output_name`         |
-| `sentence_bert_config.json` (or `sentence_<arch>_config.json`, 0.x) | `max_seq_length`, `do_lower_case`  | `transformer_task`, `modality_config`, `module_output_name`; the length is the tokenizer's `model_max_length` (tokenizer_config.json) |
-| `config_sentence_transformers.json`    | `prompts`, `default_prompt_name`, `similarity_fn_name` (>= 3.0), `model_type` (>= 5.0) | + `truncate_dim`                                  |
-
-Anything that would make sentence-transformers compute something the artifact does not (an
-unknown module, a token-level Dense or Normalize, a default prompt, a truncated output, a
-non-embedding Transformer task) is refused with one line naming the file and the setting.
+Anything with which sentence-transformers would compute what the artifact does not (an unknown
+module, a token-level Dense or Normalize, a default prompt, a truncated output, a non-embedding
+Transformer task, texts rendered through a chat template, lowercasing the tokenizer does not
+do) is refused with one line naming the file and the setting.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Folders saved by the installed sentence-transformers (6.x names its modules
 `sentence_transformers.base.modules.transformer.Transformer` & co. and writes new config files)
 for every family qexport exports, against `SentenceTransformer(folder).encode` in PyTorch; the
-same model written by hand with the module names and files of 2.x-5.3, 5.4-5.x and 6.x
+same model written by hand with the module names and files of 1.x-5.3, 5.4-5.x and 6.x
 exports identically; what the artifact would compute differently is refused in one line."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ TEXTS = [
     "  leading, trailing   and repeated\tspaces\n ",
     "Emoji 🚀 and accents: café, naïve, Ångström — «quotes».",
     "Москва — столица России. 東京は日本の首都です。",
-    "word " * 400,  # past every model's max length here: truncation as sentence-transformers
+    "word " * 400,  # past MiniLM's 256 tokens: truncated as sentence-transformers does
 ]
 QUERIES = ["What is the capital of China?", "Explain gravity", "x"]
 
@@ -89,7 +90,7 @@ FAMILIES = ["qwen3", "bert", "xlm-roberta", "gemma3"]
 
 
 @pytest.fixture(scope="module")
-def saved(request, tmp_path_factory) -> dict[str, Path]:
+def saved(request, tmp_path_factory) -> Callable[[str], Path]:
     """family -> (folder saved by the installed sentence-transformers), built on demand."""
     tmp = tmp_path_factory.mktemp("st-saved")
     cache: dict[str, Path] = {}
@@ -105,7 +106,7 @@ def saved(request, tmp_path_factory) -> dict[str, Path]:
                 cache[family] = _resaved(write_folder(name, tmp / f"{name}-hub"), tmp, family)
         return cache[family]
 
-    return get  # type: ignore[return-value]
+    return get
 
 
 def _export(folder: Path, out: Path) -> Any:
@@ -145,7 +146,7 @@ def test_saved_by_installed_sentence_transformers(saved, tmp_path, family):
 
 OLD = "sentence_transformers.models."
 SPELLINGS = {
-    "2.x-5.3": [OLD + k for k in ("Transformer", "Pooling", "Dense", "Dense", "Normalize")],
+    "1.x-5.3": [OLD + k for k in ("Transformer", "Pooling", "Dense", "Dense", "Normalize")],
     "5.4-5.x": [
         "sentence_transformers.base.modules.transformer.Transformer",
         "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
@@ -244,7 +245,7 @@ def test_every_release_spelling_exports_identically(gemma_hub, tmp_path):
         if label == "6.x":  # the hand-written 6.x files are what 6.x itself reads
             ours = Embedder(tmp_path / f"art-{i}", device="cpu").embed(TEXTS)
             assert cosines(ours, _st(folder).encode(TEXTS)).min() >= 0.99999
-    first = manifests["2.x-5.3"]
+    first = manifests["1.x-5.3"]
     assert first["files"] and first["pooling"] == "mean" and first["max_length"] == 2048
     for label, manifest in manifests.items():
         assert manifest == first, label  # same graph, weights and tokenizer bytes; same head
