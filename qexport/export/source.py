@@ -150,15 +150,16 @@ def _resolve_random_folder(spec: str, name: str, tokenizer: str | Path | None) -
 def _resolve_folder(
     spec: str, path: Path, kind: str, revision: str | None, tokenizer: str | Path | None
 ) -> ModelSource:
-    if not (path / "config.json").is_file():
+    model_dir = st_modules.transformer_dir(path)  # sentence-transformers 1.x: 0_Transformer/
+    if not (model_dir / "config.json").is_file():
         raise SourceError(f"model folder {spec!r} has no config.json")
-    config = _read_json(path / "config.json")
+    config = _read_json(model_dir / "config.json")
     family = family_for(config)
     try:
-        weights = SafetensorsSource(path, strip_prefixes=SPECS[family].strip_prefixes)
+        weights = SafetensorsSource(model_dir, strip_prefixes=SPECS[family].strip_prefixes)
     except FileNotFoundError as exc:
         raise SourceError(f"model folder {spec!r} has no *.safetensors weights") from exc
-    tok_dir = Path(tokenizer).expanduser() if tokenizer else path
+    tok_dir = Path(tokenizer).expanduser() if tokenizer else model_dir
     if not (tok_dir / "tokenizer.json").is_file():
         raise SourceError(f"{str(tok_dir)!r} has no tokenizer.json")
     return ModelSource(

@@ -18,6 +18,9 @@ modules.json `type`
   sentence_transformers.sentence_transformer.modules.<Class>, sentence_transformers.base.
   modules.{Transformer,Dense,Normalize}
 
+where the Transformer lives: 1.x saved every module in its own folder (`0_Transformer/`: its
+config.json, weights, tokenizer and sentence_bert_config.json); 2.x and later the folder root
+
 module files
   Pooling/config.json      <= 5.x: word_embedding_dimension + one boolean per mode
                            (pooling_mode_{cls_token,mean_tokens,max_tokens,mean_sqrt_len_tokens};
@@ -189,9 +192,29 @@ def _read_dense(path: Path) -> DenseLayer:
         raise UnsupportedModelError(str(exc)) from exc
 
 
+def _module_dir(folder: Path, entry: dict[str, Any]) -> Path:
+    sub = Path(str(entry.get("path", "")))
+    if sub.is_absolute() or ".." in sub.parts:
+        raise UnsupportedModelError(f"modules.json: module path {str(sub)!r} leaves the folder")
+    return folder / sub
+
+
+def transformer_dir(folder: Path) -> Path:
+    """Where the Transformer module keeps config.json, weights, tokenizer and
+    sentence_bert_config.json: the folder itself (2.x and later), or the subfolder modules.json
+    names (1.x saved every module in its own, `0_Transformer`)."""
+    if not (folder / "modules.json").is_file():
+        return folder
+    entries = read_json(folder / "modules.json")
+    first = entries[0] if isinstance(entries, list) and entries else None
+    if not isinstance(first, dict) or TYPE_NAMES.get(first.get("type", "")) != TRANSFORMER:
+        return folder  # read_modules says what is wrong
+    return _module_dir(folder, first)
+
+
 def read_modules(folder: Path) -> Modules:
-    """modules.json: the Transformer (first, at the folder root), Pooling, any Dense layers
-    on the pooled vector, then Normalize."""
+    """modules.json: the Transformer (first), Pooling, any Dense layers on the pooled vector,
+    then Normalize."""
     entries = read_json(folder / "modules.json")
     if not isinstance(entries, list) or not entries:
         raise StFolderError(f"{folder / 'modules.json'} is not a list of modules")
@@ -200,16 +223,11 @@ def read_modules(folder: Path) -> Modules:
         raise UnsupportedModelError(
             f"modules.json must start with its one Transformer module, found {kinds}"
         )
-    if str(entries[0].get("path", "")) not in ("", "."):
-        raise UnsupportedModelError(
-            f"the Transformer module lives in {entries[0]['path']!r}, not the folder root; "
-            "not supported"
-        )
     if kinds.count(POOLING) != 1:
         raise UnsupportedModelError(f"modules.json needs exactly one Pooling module, found {kinds}")
     pooling, normalize, dense = "", False, list[DenseLayer]()
     for entry, kind in zip(entries[1:], kinds[1:], strict=True):
-        path = folder / str(entry.get("path", ""))
+        path = _module_dir(folder, entry)
         if kind == POOLING:
             if normalize or dense:
                 raise UnsupportedModelError(
@@ -315,9 +333,10 @@ def read_max_seq_length(folder: Path, tokenizer_dir: Path | None = None) -> int 
     """The Transformer module's length: `max_seq_length` of sentence_bert_config.json (<= 5.x);
     6.x saves it as the tokenizer's `model_max_length`, which is also what older versions
     fell back to. Checks the 6.x task settings and do_lower_case on the way."""
-    name, cfg = _transformer_config(folder)
+    model_dir = transformer_dir(folder)
+    name, cfg = _transformer_config(model_dir)
     _check_task(name, cfg)
-    tok_dir = tokenizer_dir or folder
+    tok_dir = tokenizer_dir or model_dir
     if cfg.get("do_lower_case") and not _tokenizer_lowercases(tok_dir):
         raise UnsupportedModelError(
             f"{name}: do_lower_case=true and the tokenizer does not lowercase; not supported"
@@ -326,7 +345,7 @@ def read_max_seq_length(folder: Path, tokenizer_dir: Path | None = None) -> int 
         return int(cfg["max_seq_length"])
     if not (folder / "modules.json").is_file():
         return None  # not a sentence-transformers folder: the family's own rule
-    tok_cfg = _optional_json(folder / "tokenizer_config.json")
+    tok_cfg = _optional_json(model_dir / "tokenizer_config.json")
     length = tok_cfg.get("model_max_length")
     if isinstance(length, (int, float)) and 0 < length < _NO_LIMIT:
         return int(length)

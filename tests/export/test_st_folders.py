@@ -251,6 +251,25 @@ def test_every_release_spelling_exports_identically(gemma_hub, tmp_path):
         assert manifest == first, label  # same graph, weights and tokenizer bytes; same head
 
 
+def test_1x_layout_transformer_in_its_own_folder(minilm_dir, tmp_path):
+    """1.x saved every module in a subfolder: the Transformer's config, weights, tokenizer and
+    sentence_bert_config.json in 0_Transformer/."""
+    folder = tmp_path / "minilm-1x"
+    inner = folder / "0_Transformer"
+    shutil.copytree(minilm_dir, inner)
+    for sub in ("1_Pooling", "modules.json", "config_sentence_transformers.json"):
+        shutil.move(str(inner / sub), str(folder / sub))
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    modules[-1]["path"] = "2_Normalize"
+    (folder / "2_Normalize").mkdir()
+    _write(folder / "modules.json", modules)
+    manifest = _export(folder, tmp_path / "art")
+    assert manifest.max_length == 256  # sentence_bert_config.json read from 0_Transformer/
+    ours = Embedder(tmp_path / "art", device="cpu").embed(TEXTS)
+    assert cosines(ours, _st(folder).encode(TEXTS)).min() >= 0.99999
+
+
 # -- refused in one line ---------------------------------------------------------------------
 
 
