@@ -61,7 +61,7 @@ KINDS = (TRANSFORMER, POOLING, DENSE, NORMALIZE)
 
 # modules.json `type` -> the module it is
 TYPE_NAMES: dict[str, str] = {
-    # 2.x - 5.3 write the module's file, named like its class
+    # 1.x - 5.3 write the module's file, named like its class
     **{f"sentence_transformers.models.{kind}": kind for kind in KINDS},
     # 5.4 and later write module path + class
     "sentence_transformers.base.modules.transformer.Transformer": TRANSFORMER,
@@ -74,7 +74,7 @@ TYPE_NAMES: dict[str, str] = {
     **{f"sentence_transformers.base.modules.{k}": k for k in (TRANSFORMER, DENSE, NORMALIZE)},
 }
 
-# 2.x - 5.x: one boolean per mode; 6.x: `pooling_mode` by name. -> qexport's pooling names
+# 1.x - 5.x: one boolean per mode; 6.x: `pooling_mode` by name. -> qexport's pooling names
 LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
@@ -147,7 +147,7 @@ def module_kind(module: Any) -> str:
         where = module.get("path") if isinstance(module, dict) else "?"
         raise UnsupportedModelError(
             f"sentence-transformers module {desc!r} ({where}) is not supported; supported: "
-            "Transformer, Pooling, Dense, Normalize (as sentence-transformers 2.x-6.x name them)"
+            "Transformer, Pooling, Dense, Normalize (as sentence-transformers 1.x-6.x name them)"
         )
     return kind
 
@@ -256,12 +256,15 @@ def read_st_config(folder: Path) -> StConfig:
     path = folder / "config_sentence_transformers.json"
     data = _optional_json(path)
     model_type = data.get("model_type", "SentenceTransformer")
-    if model_type not in ("SentenceTransformer", "sentence-transformers"):
+    if model_type not in ("SentenceTransformer", "sentence-transformers", "sentence-transformer"):
         raise UnsupportedModelError(
             f"{path.name}: model_type {model_type!r} is not an embedding model; "
             "supported: SentenceTransformer"
         )
-    prompts = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str)}
+    raw = data.get("prompts") or {}
+    if not isinstance(raw, dict):
+        raise StFolderError(f"{path}: prompts is not an object")
+    prompts = {k: v for k, v in raw.items() if isinstance(v, str)}
     default = data.get("default_prompt_name")
     if default is not None and prompts.get(default, ""):
         raise UnsupportedModelError(
@@ -291,6 +294,8 @@ def _check_task(name: str, cfg: dict[str, Any]) -> None:
             f"{name}: transformer_task {task!r} is not supported; supported: feature-extraction"
         )
     modalities = cfg.get("modality_config") or {}
+    if not isinstance(modalities, dict) or not isinstance(modalities.get("text", {}), dict):
+        raise StFolderError(f"{name}: modality_config is not an object of objects")
     if "message" in modalities:
         raise UnsupportedModelError(
             f"{name}: modality_config has 'message', so sentence-transformers renders every text "
