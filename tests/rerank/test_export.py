@@ -10,9 +10,9 @@ import onnx
 import pytest
 from safetensors.numpy import load_file
 
-from qexport.export.api import ExportOptions, export_onnx
-from qexport.export.random_rerank import RERANKERS
-from qexport.export.rerank import wants_rerank
+from qexport.export.api import ExportOptions, export_onnx, task_for
+from qexport.export.quantize import QuantOptions
+from qexport.export.random import REGISTRY
 from qexport.manifest import load_manifest
 from qexport.runtime import Embedder, Reranker
 from qexport.runtime.session import DeviceError
@@ -144,7 +144,8 @@ def test_int8_refused_when_bar_impossible(rerank_ckpt, tmp_path):
     out = tmp_path / "int8-tight"
     with pytest.raises(QuantizationRefused, match="int8 refused: max \\|log-odds difference\\|"):
         export_onnx(str(rerank_ckpt), out,
-                    ExportOptions(progress=False, precision="int8", max_logodds_diff=1e-7))  # fmt: skip
+                    ExportOptions(progress=False, precision="int8",
+                                  quant=QuantOptions(max_logodds_diff=1e-7)))  # fmt: skip
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written left
 
 
@@ -169,17 +170,28 @@ def test_unsupported_options_refused(rerank_ckpt, tmp_path):
 
 
 def test_task_detection(rerank_ckpt, tmp_path):
-    assert wants_rerank(str(rerank_ckpt), None) and wants_rerank(
-        "random:qwen3-reranker-0.6b", "auto"
+    def task(model, option=None):  # type: ignore[no-untyped-def]
+        return task_for(model, option).name
+
+    assert (
+        task(str(rerank_ckpt)) == "rerank"
+        and task("random:qwen3-reranker-0.6b", "auto") == "rerank"
     )
-    assert wants_rerank("Qwen/Qwen3-Reranker-4B", None)
-    assert not wants_rerank("Qwen/Qwen3-Embedding-0.6B", None)
-    assert not wants_rerank(str(rerank_ckpt), "embed")
+    assert task("Qwen/Qwen3-Reranker-4B") == "rerank"
+    assert task("Qwen/Qwen3-Embedding-0.6B") == "embed"
+    assert task(str(rerank_ckpt), "embed") == "embed"
+    assert task("random:qwen3-tiny") == "embed"
     renamed = tmp_path / "some-qwen3"  # same files, no "reranker" in the name: not guessed
     renamed.symlink_to(rerank_ckpt, target_is_directory=True)
-    assert not wants_rerank(str(renamed), None) and wants_rerank(str(renamed), "rerank")
+    assert task(str(renamed)) == "embed" and task(str(renamed), "rerank") == "rerank"
     with pytest.raises(ValueError, match="cannot be exported with --task embed"):
-        wants_rerank("random:qwen3-reranker-tiny", "embed")
+        task_for("random:qwen3-reranker-tiny", "embed")
+    with pytest.raises(ValueError, match="cannot be exported with --task rerank"):
+        task_for("random:qwen3-tiny", "rerank")
+    with pytest.raises(
+        ValueError, match="unknown task 'classify'; choose from auto, embed, rerank"
+    ):
+        task_for("random:qwen3-tiny", "classify")
 
 
 def test_embed_and_rerank_artifacts_refuse_each_other(rerank_fp32, tiny_artifact):
@@ -196,7 +208,7 @@ def test_registry_matches_published_configs():
             "max_position_embeddings", "tie_word_embeddings", "architectures", "eos_token_id")  # fmt: skip
     for size in ("0.6B", "4B"):
         real = json.loads((root / size / "config.json").read_text())
-        ours = RERANKERS[f"qwen3-reranker-{size.lower()}"].config()
+        ours = REGISTRY[f"qwen3-reranker-{size.lower()}"].config
         assert {k: ours[k] for k in keys} == {k: real[k] for k in keys}, size
 
 
@@ -204,10 +216,10 @@ def test_registry_matches_published_configs():
 def test_exact_06b_architecture_truncated(tmp_path, reranker_tokenizer):
     """The 0.6B widths (hidden 1024, 16/8 heads of 128, FFN 3072, vocab 151,669, tied) with
     2 of its 28 layers, written as a hub checkpoint and exported from the folder."""
-    from qexport.export.random_rerank import write_random_reranker
+    from qexport.export.random import write_checkpoint
     from qexport.validate.rerank_reference import CardReranker
 
-    ckpt = write_random_reranker("qwen3-reranker-0.6b", tmp_path / "Qwen3-Reranker-0.6B-l2",
+    ckpt = write_checkpoint("qwen3-reranker-0.6b", tmp_path / "Qwen3-Reranker-0.6B-l2",
                                  layers=2, tokenizer=reranker_tokenizer)  # fmt: skip
     out = tmp_path / "q06"
     export_onnx(str(ckpt), out, ExportOptions(progress=False))
