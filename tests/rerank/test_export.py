@@ -4,6 +4,12 @@ in PyTorch fp32 (qexport.validate.rerank_reference, which shares no code with th
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -47,9 +53,13 @@ def test_manifest_graph_and_head(rerank_ckpt, rerank_fp32):
     m = load_manifest(rerank_fp32, verify=True)
     assert m.task == "rerank" and m.source["kind"] == "folder"  # auto-detected, no --task
     r = m.rerank
-    assert r["prefix_ids"] == PREFIX_IDS and r["suffix_ids"] == SUFFIX_IDS
-    assert (r["yes_id"], r["no_id"], r["pad_id"]) == (9693, 2152, 151643)
-    assert r["max_body_tokens"] == 8192 - 39 - 9 and m.max_length == 8192
+    assert r is not None and r.prefix_ids == PREFIX_IDS and r.suffix_ids == SUFFIX_IDS
+    assert (r.yes_id, r.no_id, r.pad_id) == (9693, 2152, 151643)
+    assert r.max_body_tokens == 8192 - 39 - 9 and m.max_length == 8192
+    # a typed record per task: no embedding fields in a rerank manifest
+    data = json.loads((rerank_fp32 / "qexport.json").read_text())
+    assert m.embedding is None and not {"pooling", "embedding_dim", "similarity"} & set(data)
+    assert set(m.timings_s) >= {"resolve", "build graph", "tokenizer", "write weights"}
     assert [(o.name, o.shape) for o in m.outputs] == [("score", ["batch"]), ("logit", ["batch"])]
     model = onnx.load(str(rerank_fp32 / "model.onnx"))
     assert [o.name for o in model.graph.output] == ["score", "logit"]
@@ -268,3 +278,31 @@ def test_auto_detection_reads_the_family_spec(tmp_path, config, name, want):
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert is_reranker_folder(tmp_path, name) is want
+
+
+def test_sigkill_during_weight_conversion_then_rerun_cleans_up(tmp_path, reranker_tokenizer):
+    """A rerank export killed while its random checkpoint is being written leaves only its
+    staging folder (the checkpoint is inside it), which the next run on the same output
+    removes: nothing else beside OUT, nothing half-written."""
+    out = tmp_path / "out"
+    env = dict(os.environ, QEXPORT_SHARED=str(reranker_tokenizer.parents[1]))
+    cmd = [sys.executable, "-m", "qexport.cli", "-q", "onnx", "random:qwen3-reranker-tiny",
+           "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    shards: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        shards = list(tmp_path.rglob("*.safetensors"))  # wherever the export writes it
+        if shards:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    assert shards and proc.returncode == -signal.SIGKILL, "the export finished before the kill"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 1 and left[0].startswith(".out.qexport-") and left[0].endswith(".partial")
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert load_manifest(out, verify=True).task == "rerank"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not any(p.suffix == ".safetensors" for p in out.rglob("*"))

@@ -21,15 +21,13 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..weights import InitFn, RandomSource, normal
 from .qwen3 import reranker_source
-
-if TYPE_CHECKING:
-    from . import RandomModel
+from .spec import RandomModel
 
 # A small multilingual sample the tokenizers are trained on (deterministic, in-process).
 CORPUS = [
