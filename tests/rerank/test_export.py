@@ -306,3 +306,19 @@ def test_sigkill_during_weight_conversion_then_rerun_cleans_up(tmp_path, reranke
     assert load_manifest(out, verify=True).task == "rerank"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert not any(p.suffix == ".safetensors" for p in out.rglob("*"))
+
+
+def test_v1_rerank_manifest_from_main_opens_and_scores(rerank_int8, tmp_path):
+    """An int8 rerank artifact whose qexport.json is exactly what main (schema 1) wrote for
+    random:qwen3-reranker-tiny int8 opens in today's Reranker and scores as its own does."""
+    import shutil
+
+    from tests.test_manifest import v1_manifest
+
+    folder = tmp_path / "v1"
+    shutil.copytree(rerank_int8, folder)
+    (folder / "qexport.json").write_text(json.dumps(v1_manifest("rerank")))
+    old = Reranker(folder, device="cpu")
+    assert old.manifest.embedding is None and old.pad_id == 151643
+    ours = Reranker(rerank_int8, device="cpu")
+    assert np.array_equal(old.logits(QUERIES[0], DOCS), ours.logits(QUERIES[0], DOCS))
