@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# (label, model, extra CLI args)
+# (label, model, extra CLI args; "--layers N" is passed to ExportOptions.layers instead, as the
+# CLI has no such option: the 0.6B widths with 2 layers, whose weights go to model.onnx_data)
 KINDS: list[tuple[str, str, list[str]]] = [
     ("qwen3-tiny fp32", "random:qwen3-tiny", ["--precision", "fp32"]),
     ("qwen3-tiny fp16", "random:qwen3-tiny", ["--precision", "fp16"]),
@@ -32,7 +33,21 @@ KINDS: list[tuple[str, str, list[str]]] = [
     ("qwen3-reranker-tiny fp32", "random:qwen3-reranker-tiny", ["--precision", "fp32"]),
     ("qwen3-reranker-tiny fp16", "random:qwen3-reranker-tiny", ["--precision", "fp16"]),
     ("qwen3-reranker-tiny int8", "random:qwen3-reranker-tiny", ["--precision", "int8"]),
-]
+    ("qwen3-embedding-0.6b fp16 2 layers", "random:qwen3-embedding-0.6b",
+     ["--precision", "fp16", "--layers", "2"]),
+    ("qwen3-embedding-0.6b int8 2 layers", "random:qwen3-embedding-0.6b",
+     ["--precision", "int8", "--layers", "2"]),
+    ("qwen3-reranker-0.6b fp16 2 layers", "random:qwen3-reranker-0.6b",
+     ["--precision", "fp16", "--layers", "2"]),
+]  # fmt: skip
+# the layer-truncated exports through the API (both trees have ExportOptions(layers=...))
+API_EXPORT = """
+import sys
+from qexport.export.api import ExportOptions, export_onnx
+model, out, precision, layers = sys.argv[1:]
+export_onnx(model, out, ExportOptions(precision=precision, layers=int(layers), overwrite=True,
+                                      progress=False))
+"""
 FILES = ("model.onnx", "model.onnx_data")
 
 
@@ -48,8 +63,14 @@ def sha256(path: Path) -> str:
 
 def export(tree: Path, model: str, args: list[str], out: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-    cmd = [sys.executable, "-m", "qexport.cli", "-q", "onnx", model, "-o", str(out)]
-    subprocess.run([*cmd, "--overwrite", *args], env=env, check=True, stdout=subprocess.DEVNULL)
+    if "--layers" in args:
+        opts = dict(zip(args[::2], args[1::2], strict=True))
+        cmd = [sys.executable, "-c", API_EXPORT, model, str(out), opts["--precision"],
+               opts["--layers"]]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "qexport.cli", "-q", "onnx", model, "-o", str(out),
+               "--overwrite", *args]  # fmt: skip
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> int:
