@@ -9,7 +9,13 @@ import sys
 
 import pytest
 
-from qexport.export.bars import BARS, LOGODDS_BARS, QUANT_PRECISIONS, TOP3_OVERLAP_BARS
+from qexport.export.bars import (
+    BARS,
+    LOGODDS_BARS,
+    QUANT_PRECISIONS,
+    TASK_BARS,
+    TOP3_OVERLAP_BARS,
+)
 from qexport.export.quantize import QuantOptions
 from qexport.export.quantize.check import LogOddsCheck
 from qexport.export.quantize.options import make_plan
@@ -57,3 +63,17 @@ def test_rerank_quantizer_defaults_to_the_rerank_bars() -> None:
         make_plan("int8", "cpu", QuantOptions(max_logodds_diff=0.1))
     with pytest.raises(ValueError, match="round-to-nearest"):
         make_plan("int8", "cpu", QuantOptions(method="gptq"), RERANK)
+
+
+def test_every_task_has_its_head_bars_and_record() -> None:
+    """Per-task tables are keyed by the one list of task names (qexport/tasks.py)."""
+    from qexport.export.heads import HEADS
+    from qexport.export.quantize.pipeline import UNQUANTIZED
+    from qexport.export.random import REGISTRY
+    from qexport.tasks import TASK_NAMES, TASKS
+
+    assert set(HEADS) == set(TASK_BARS) == set(UNQUANTIZED) == set(TASK_NAMES)
+    assert {m.task for m in REGISTRY.values()} == set(TASK_NAMES)
+    for name, task in TASKS.items():  # every precision a task exports in has its bars
+        for table in TASK_BARS[name].values():
+            assert set(task.precisions) <= set(table), (name, task.precisions)
