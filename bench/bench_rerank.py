@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     from qexport.export.api import ExportOptions, export_onnx
-    from qexport.export.random_rerank import write_random_reranker
+    from qexport.export.random import write_checkpoint
     from qexport.manifest import load_manifest
     from qexport.validate.rerank_speed import beir_groups, measure
 
@@ -53,7 +53,7 @@ def main() -> None:
     groups, info = beir_groups(DATA / "scifact", args.queries, args.docs)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rerank.", dir="/tmp") as tmp:
-        ckpt = write_random_reranker(
+        ckpt = write_checkpoint(
             "qwen3-reranker-0.6b", Path(tmp) / "Qwen3-Reranker-0.6B", layers=args.layers,
             tokenizer=SHARED / "qwen3-reranker" / "0.6B",
         )  # fmt: skip

@@ -285,3 +285,62 @@ def test_tokenizer_ids_past_the_vocabulary_are_refused_at_load(tiny_artifact, tm
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "embedding table" in r.stderr and not (tmp_path / "o.npy").exists()
+
+
+# qexport.json exactly as main (schema 1, commit 4f14af1) wrote it for `qexport onnx
+# random:qwen3-tiny` and `random:qwen3-reranker-tiny --precision int8`
+V1 = Path(__file__).parent / "export" / "data"
+
+
+def v1_manifest(task: str) -> dict[str, Any]:
+    return json.loads((V1 / f"manifest-v1-{task}.json").read_text(encoding="utf-8"))
+
+
+def test_v1_embed_manifest_from_main_loads_and_runs(tiny_artifact, tmp_path):
+    folder = clone(tiny_artifact, tmp_path / "art")
+    old = v1_manifest("embed")
+    assert old["schema_version"] == 1 and old["rerank"] is None
+    (folder / MANIFEST_NAME).write_text(json.dumps(old))
+    m = load_manifest(folder)
+    assert (m.task, m.embedding_dim, m.allowed_dims) == ("embed", 128, [32, 64, 128])
+    assert m.rerank is None and "rerank" not in m.to_dict() and m.to_dict()["schema_version"] == 2
+    texts = ["What is the capital of China?", "Explain gravity"]
+    got = Embedder(folder, device="cpu").embed(texts)
+    assert np.array_equal(got, Embedder(tiny_artifact, device="cpu").embed(texts))
+
+
+def test_v1_rerank_manifest_from_main_loads_typed():
+    from qexport.manifest import Manifest, RerankPrompt
+
+    old = v1_manifest("rerank")
+    assert old["embedding_dim"] == 1 and old["similarity"] == "none"  # main's placeholders
+    m = Manifest.from_dict(old)
+    assert m.task == "rerank" and m.embedding is None and isinstance(m.rerank, RerankPrompt)
+    assert m.rerank.prefix_ids == old["rerank"]["prefix_ids"] and m.rerank.pad_id == 151643
+    assert m.rerank.max_body_tokens == 8192 - 39 - 9
+    new = m.to_dict()
+    assert not {"pooling", "normalize", "embedding_dim", "allowed_dims", "similarity"} & set(new)
+    assert Manifest.from_dict(new).rerank == m.rerank  # schema 2 round trip
+    with pytest.raises(ManifestError, match="a rerank manifest has no embedding fields"):
+        _ = m.embedding_dim
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (setter("schema_version", 3), "schema_version 3 is not supported"),
+        (setter("embedding_dim", 64), "schema 1 rerank manifest with embedding_dim set; re-export"),
+        (lambda d: d["rerank"].pop("pad_id"), "missing rerank.pad_id; re-export"),
+        (lambda d: d["rerank"].update(colour=1), "unknown field rerank.colour; re-export"),
+        (lambda d: d.update(schema_version=2), "unknown field 'pooling'"),  # placeholders in 2
+        (setter("rerank", None), "rerank must be an object"),
+    ],
+)
+def test_unreadable_rerank_manifests_say_so_in_one_line(change, needle):
+    from qexport.manifest import Manifest
+
+    data = v1_manifest("rerank")
+    change(data)
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_dict(data)
+    assert needle in str(info.value) and "\n" not in str(info.value)

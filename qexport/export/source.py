@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import random_folders, random_models, st_modules
+from . import random as random_models
+from . import st_modules
 from .families import SPECS, UnsupportedModelError, family_for
 from .st_dense import DenseLayer
 from .weights import SafetensorsSource, WeightSource
@@ -94,10 +95,17 @@ def _family_prompts(head: Head, family: str) -> None:
 
 
 def resolve(
-    spec: str, *, tokenizer: str | Path | None = None, revision: str | None = None
+    spec: str,
+    *,
+    tokenizer: str | Path | None = None,
+    revision: str | None = None,
+    scratch: Path | None = None,
 ) -> ModelSource:
+    """`scratch`: where a random model written as a checkpoint folder goes (the export's
+    staging folder, so that a killed run leaves nothing the next one does not remove); None:
+    a temporary folder that lives as long as the returned source."""
     if spec.startswith("random:"):
-        return _resolve_random(spec, tokenizer)
+        return _resolve_random(spec, tokenizer, scratch)
     path = Path(spec).expanduser()
     looks_like_path = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1
     if looks_like_path:
@@ -107,14 +115,13 @@ def resolve(
     return _resolve_hub(spec, revision, tokenizer)
 
 
-def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
-    name = spec.split(":", 1)[1]
-    if name in random_folders.REGISTRY:
-        return _resolve_random_folder(spec, name, tokenizer)
-    if name not in random_models.REGISTRY:
-        known = [*random_models.REGISTRY, *random_folders.REGISTRY]
-        raise SourceError(f"unknown random model {name!r}; built in: {', '.join(known)}")
-    model = random_models.REGISTRY[name]
+def _resolve_random(spec: str, tokenizer: str | Path | None, scratch: Path | None) -> ModelSource:
+    try:
+        model = random_models.lookup(spec)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    if model.layout == "hub":
+        return _resolve_random_folder(spec, model, tokenizer, scratch)
     tok_dir = None
     if tokenizer is not None:
         tok_dir = Path(tokenizer).expanduser()
@@ -128,7 +135,7 @@ def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
         spec=spec,
         kind="random",
         config=dict(model.config),
-        weights=random_models.random_source(model),
+        weights=random_models.random_weights(model),
         family=family,
         head=head,
         tokenizer_dir=tok_dir,
@@ -136,14 +143,26 @@ def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
     )
 
 
-def _resolve_random_folder(spec: str, name: str, tokenizer: str | Path | None) -> ModelSource:
-    """A random checkpoint in the hub's layout, written to a temporary folder that lives as
-    long as the returned source (its weights are memory-mapped from there)."""
-    tmp = tempfile.TemporaryDirectory(prefix="qexport-random-")
-    folder = random_folders.write_folder(name, Path(tmp.name) / name)
-    src = _resolve_folder(spec, folder, "random", revision=None, tokenizer=tokenizer)
-    src.seed = random_folders.REGISTRY[name].seed
-    src.keepalive = tmp
+def _resolve_random_folder(
+    spec: str, model: random_models.RandomModel, tokenizer: str | Path | None, scratch: Path | None
+) -> ModelSource:
+    """A random checkpoint in the hub's layout, written to `scratch` or a temporary folder
+    that lives as long as the returned source (its weights are memory-mapped from there).
+    A reranker's `tokenizer` is the one its checkpoint is written with."""
+    keepalive = None
+    if scratch is None:
+        keepalive = tempfile.TemporaryDirectory(prefix="qexport-random-")
+        scratch = Path(keepalive.name)
+    rerank = model.task == "rerank"
+    try:
+        folder = random_models.write_checkpoint(
+            model.name, scratch / model.name, tokenizer=tokenizer if rerank else None
+        )
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    src = _resolve_folder(spec, folder, "random", None, None if rerank else tokenizer)
+    src.seed = model.seed
+    src.keepalive = keepalive
     return src
 
 

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-from ..manifest import ManifestError
+from ..manifest import ManifestError, RerankPrompt
 from ..tasks import RERANK
 from ..tasks import sigmoid as sigmoid
 from ..templates import check_template
@@ -43,9 +43,6 @@ class TokenLimitError(ValueError):
     def __init__(self, tokens: int, limit: int) -> None:
         super().__init__(f"the pairs have at least {tokens} tokens; at most {limit}")
         self.tokens, self.limit = tokens, limit
-
-
-RERANK_KEYS = ("prefix", "suffix", "template", "default_instruction", "prefix_ids", "suffix_ids")
 
 
 def _check_text(value: Any, what: str) -> str:
@@ -79,25 +76,22 @@ def check_documents(documents: Any) -> list[str]:
 class PairEncoder:
     """The manifest's prompt around each (query, document) pair, tokenised with `tokenizers`."""
 
-    def __init__(self, folder: Path, rerank: dict[str, Any], max_length: int) -> None:
-        missing = [k for k in RERANK_KEYS if k not in rerank]
-        if missing:
-            raise ManifestError(f"rerank manifest lacks {', '.join(missing)}")
+    def __init__(self, folder: Path, rerank: RerankPrompt, max_length: int) -> None:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.prefix = [int(i) for i in rerank["prefix_ids"]]
-        self.suffix = [int(i) for i in rerank["suffix_ids"]]
+        self.prefix = [int(i) for i in rerank.prefix_ids]
+        self.suffix = [int(i) for i in rerank.suffix_ids]
         for key, ids in (("prefix", self.prefix), ("suffix", self.suffix)):
-            got = self.tokenizer.encode(rerank[key], add_special_tokens=False).ids
+            got = self.tokenizer.encode(getattr(rerank, key), add_special_tokens=False).ids
             if got != ids:
                 raise ManifestError(
                     f"the tokenizer encodes the manifest's {key} as {got}, not {ids}"
                 )
         self.template: str = check_template(
-            rerank["template"], ("instruction", "query", "doc"), "rerank.template"
+            rerank.template, ("instruction", "query", "doc"), "rerank.template"
         )
-        self.default_instruction: str = rerank["default_instruction"]
+        self.default_instruction: str = rerank.default_instruction
         self.max_length = max_length
         self.body_budget = max_length - len(self.prefix) - len(self.suffix)
         if self.body_budget < 1:
@@ -185,7 +179,7 @@ class Reranker:
             raise ManifestError(f"{str(self.path)!r}: a rerank artifact without its prompt")
         check_graph(self.session, m, RERANK)
         self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
-        self.pad_id = int(m.rerank.get("pad_id", 0))
+        self.pad_id = m.rerank.pad_id
         enc = self.encoder
         ids = [tokenizer_max_id(enc.tokenizer), self.pad_id, *enc.prefix, *enc.suffix]
         check_token_ids(opened.graph, max(ids), "the tokenizer or the manifest's prompt")

@@ -67,7 +67,7 @@ class RerankValidateOptions:
 def builtin_groups() -> Groups:
     """The export's int8 check queries against the short built-in texts (the card recipe
     computes [batch, seq, vocab] logits: long texts would cost gigabytes in the reference)."""
-    from ..export.rerank_quant import CHECK_QUERIES
+    from ..export.rerank import CHECK_QUERIES
     from ..texts import BUILTIN_TEXTS
 
     docs = [t for t in BUILTIN_TEXTS if t.strip() and len(t) <= 200]
@@ -79,11 +79,11 @@ def _reference_folder(spec: str, artifact: Path, manifest: Manifest, stack: Exit
     random reranker written again (same seed, same layers as the export)."""
     layers = manifest.architecture.get("layers_exported")
     if spec.startswith("random:"):
-        from ..export.random_rerank import write_random_reranker
+        from ..export.random import write_checkpoint
 
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qexport-ref.")))
         name = spec.split(":", 1)[1]
-        return write_random_reranker(name, tmp / "ref", layers=layers, tokenizer=artifact)
+        return write_checkpoint(name, tmp / "ref", layers=layers, tokenizer=artifact)
     if layers is not None:
         raise ValueError("a layer-truncated export can only be validated against random:<name>")
     from ..export.source import resolve

@@ -6,7 +6,6 @@ exports identically; what the artifact would compute differently is refused in o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
@@ -21,8 +20,7 @@ import pytest
 
 from qexport.export.api import ExportOptions, export_onnx
 from qexport.export.families import UnsupportedModelError
-from qexport.export.random_folders import write_folder
-from qexport.export.random_models import REGISTRY, random_source
+from qexport.export.random import REGISTRY, random_weights, write_checkpoint
 from qexport.export.source import resolve
 from qexport.runtime import Embedder
 from tests.conftest import QWEN_06B, cosines, need_shared
@@ -59,7 +57,7 @@ def _qwen3_hf(tmp: Path) -> Path:
     hf = tmp / "qwen3-hf"
     hf.mkdir()
     model = REGISTRY["qwen3-tiny"]
-    src = random_source(model)
+    src = random_weights(model)
     save_file({k: src.load(k) for k in src.keys()}, str(hf / "model.safetensors"), {"format": "pt"})
     (hf / "config.json").write_text(json.dumps(model.config))
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
@@ -103,7 +101,7 @@ def saved(request, tmp_path_factory) -> Callable[[str], Path]:
                 cache[family] = _resaved(request.getfixturevalue("minilm_dir"), tmp, family)
             else:
                 name = {"xlm-roberta": "xlm-roberta-tiny", "gemma3": "embeddinggemma-tiny"}[family]
-                cache[family] = _resaved(write_folder(name, tmp / f"{name}-hub"), tmp, family)
+                cache[family] = _resaved(write_checkpoint(name, tmp / f"{name}-hub"), tmp, family)
         return cache[family]
 
     return get
@@ -217,14 +215,14 @@ def _as_2x_dense(folder: Path) -> None:
 
 
 def _comparable(manifest: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(manifest)
+    d = manifest.to_dict()  # the JSON form: the embedding record flat, as qexport.json has it
     return {k: v for k, v in d.items() if k not in ("source", "timings_s", "versions")}
 
 
 @pytest.fixture(scope="module")
 def gemma_hub(tmp_path_factory) -> Path:
     """EmbeddingGemma's layout: Transformer, Pooling, two Dense, Normalize, prompts."""
-    return write_folder("embeddinggemma-tiny", tmp_path_factory.mktemp("hub") / "gemma")
+    return write_checkpoint("embeddinggemma-tiny", tmp_path_factory.mktemp("hub") / "gemma")
 
 
 def test_every_release_spelling_exports_identically(gemma_hub, tmp_path):
