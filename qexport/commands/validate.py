@@ -84,7 +84,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--lengths",
         type=_ints,
         default=None,
-        help="speed grid, tokens per row (default: embed 16,128,512; rerank 64,128,512)",
+        help="speed grid, tokens per row (default: embed 16,128,512; rerank 128,256,512)",
     )
     v.add_argument("--repeats", type=int, default=5, help="timed calls per grid cell (default 5)")
     v.add_argument("--warmup", type=int, default=1, help="untimed calls per grid cell (default 1)")

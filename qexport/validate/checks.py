@@ -1,17 +1,53 @@
-"""The checks of `qexport validate` as data: each task's module (`checks_embed`,
-`checks_rerank`) lists `Check`s that say where a metric sits in the report; `evaluate` turns
-them into the report's check rows (metric, value, threshold, pass/fail/info/skipped, detail)
-with the task's thresholds (`thresholds.py`)."""
+"""The suite's data types: its options (`ValidateOptions`), what a task's `measure` hands back
+(`Measured`), and the checks as data: each task's module (`checks_embed`, `checks_rerank`)
+lists `Check`s that say where a metric sits in the report; `evaluate` turns them into the
+report's check rows (metric, value, threshold, pass/fail/info/skipped, detail) with the
+task's thresholds (`thresholds.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .thresholds import ALL_KEYS, Thresholds, passes
 
 Detail = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class ValidateOptions:
+    reference: str
+    texts: list[str] | None = None  # embed
+    texts_source: str = "built-in"
+    dataset: str | Path | None = None
+    max_corpus: int | None = None  # embed
+    max_queries: int | None = None  # rerank: 10 when None
+    docs_per_query: int = 10  # rerank
+    batch_size: int = 8  # rerank: pairs per pass in the agreement check
+    device: str = "auto"
+    thresholds: Thresholds = field(default_factory=dict)
+    speed: bool = True
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    lengths: tuple[int, ...] | None = None  # None: the task's default (speed.DEFAULT_LENGTHS)
+    repeats: int = 5
+    warmup: int = 1
+    seed: int = 0
+    progress: bool = False
+    force_known_answer: str | None = None  # tests: run the card check on any artifact
+
+
+@dataclass
+class Measured:
+    """What a task's `measure` hands back to the suite."""
+
+    parts: dict[str, Any]  # report sections (an "artifact" entry adds task-specific fields)
+    providers: list[str]  # onnxruntime providers the artifact ran on
+    reference_device: str
+    encoder: Any  # the runtime's tokeniser (speed.py builds its token rows with it)
+    speed_reference: str  # what the speed run's PyTorch engine loads
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,17 +91,18 @@ def _section(report: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | 
 
 
 def _row(check: Check, s: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
-    value = None if "skipped" in s else s.get(check.field)
-    if check.finite_of:
+    if check.finite_of:  # the count is there even when the rest was skipped because of it
+        count = s.get(check.field)
         return {
             "name": "finite",
             "meaning": f"no NaN/Inf in any {check.finite_of}",
-            "value": value,
+            "value": count,
             "comparison": "==",
             "threshold": 0,
-            "status": "pass" if value == 0 else "fail",
-            "detail": check.detail(s) if value and check.detail else None,
+            "status": "skipped" if count is None else ("pass" if count == 0 else "fail"),
+            "detail": check.detail(s) if count and check.detail else None,
         }
+    value = None if "skipped" in s else s.get(check.field)
     op, meaning = ALL_KEYS[check.name]
     threshold = thresholds.get(check.name)
     if value is None:

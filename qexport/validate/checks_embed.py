@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,11 +20,8 @@ from ..manifest import Manifest
 from ..runtime import Embedder
 from ..texts import BUILTIN_TEXTS
 from . import fidelity as fid
-from .checks import Check, finite, keys
+from .checks import Check, Measured, ValidateOptions, finite, keys
 from .parity import load_reference
-
-if TYPE_CHECKING:
-    from .suite import Measured, ValidateOptions
 
 _FID = ("fidelity",)
 CHECKS: list[Check] = [
@@ -68,8 +65,6 @@ def measure(
     artifact: Path, manifest: Manifest, opts: ValidateOptions, stack: ExitStack
 ) -> Measured:
     """Fidelity (and retrieval with a dataset) of the artifact against its reference."""
-    from .suite import Measured
-
     texts = list(opts.texts) if opts.texts is not None else list(BUILTIN_TEXTS)
     if not texts:
         raise ValueError("no texts to validate with")

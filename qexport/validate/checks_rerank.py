@@ -15,18 +15,15 @@ import re
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..manifest import Manifest
 from ..runtime import Reranker
 from ..tasks import sigmoid
-from .checks import Check, finite, keys
+from .checks import Check, Measured, ValidateOptions, finite, keys
 from .parity import torch_device
-
-if TYPE_CHECKING:
-    from .suite import Measured, ValidateOptions
 
 Groups = list[tuple[str, list[str]]]  # (query, its documents)
 _WORD = re.compile(r"\w+")
@@ -172,7 +169,6 @@ def measure(
     """Agreement with the card recipe; the reference folder lives as long as `stack` (the
     speed run loads it again)."""
     from .rerank_reference import CardReranker
-    from .suite import Measured
 
     if opts.dataset is not None:
         queries = opts.max_queries or 10

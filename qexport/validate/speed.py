@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -40,70 +39,13 @@ import numpy as np
 from ..memory import GpuMemory, peak_rss_mb, reset_peak_rss
 from ..tasks import get_task
 from .flops import flops_per_token, gpu_peak_flops, matmul_flops_per_token
+from .rows import DEFAULT_LENGTHS, grid_cells
 
 ENGINES = ("onnxruntime", "pytorch")
 # an extra engine for rerankers (bench/): the card recipe literally, full [batch, seq, vocab]
 # logits; "pytorch" is the same recipe with logits_to_keep=1
 CARD_ENGINE = "pytorch-card"
-# the grid's default lengths (tokens per row) per task: a reranker's prompt alone is ~40 tokens
-DEFAULT_LENGTHS = {"embed": (16, 128, 512), "rerank": (64, 128, 512)}
 CPU_ONLY = ("int8-dynamic",)  # DynamicQuantizeMatMul has no CUDA kernel
-RERANK_QUERY = "What is the capital of China?"  # the rerank rows' query (the card's first)
-
-
-def make_texts(
-    count_tokens: Any, pool: list[str], length: int, n: int, offset: int = 0
-) -> list[str]:
-    """n different texts of at most `length` tokens (as close as whole words allow), cut from
-    the running stream of the real sentences in `pool`. count_tokens(list[str]) -> list[int]."""
-    words = " ".join(t for t in pool if t.strip()).split()
-    if not words:
-        raise ValueError("no words in the text pool")
-    while len(words) < 4 * length + 64 * n:
-        words = words + words
-    out = []
-    for j in range(n):
-        start = (offset + 97 * j) % len(words)
-        stream = words[start:] + words[:start]
-        lo, hi = 1, min(len(stream), 4 * length)
-        while lo < hi:  # the most words whose text fits in `length` tokens
-            mid = (lo + hi + 1) // 2
-            if count_tokens([" ".join(stream[:mid])])[0] <= length:
-                lo = mid
-            else:
-                hi = mid - 1
-        out.append(" ".join(stream[:lo]))
-    return out
-
-
-# ----------------------------------------------------------------------------- token rows
-
-
-def _embed_rows(encoder: Any, pool: list[str], length: int, n: int, offset: int) -> list[list[int]]:
-    """n texts of at most `length` tokens, tokenised by the artifact's `TextEncoder`."""
-
-    def count(texts: list[str]) -> list[int]:
-        return [len(r) for r in encoder.encode(texts, warn=False).ids]
-
-    texts = make_texts(count, pool, length, n, offset)
-    return [list(r) for r in encoder.encode(texts, warn=False).ids]
-
-
-def _rerank_rows(
-    encoder: Any, pool: list[str], length: int, n: int, offset: int
-) -> list[list[int]]:
-    """n (query, document) pairs of at most `length` tokens in the manifest's prompt, built by
-    the artifact's `PairEncoder` (`Reranker.encoder`)."""
-
-    def count(docs: list[str]) -> list[int]:
-        return [len(r) for r in encoder.encode(RERANK_QUERY, docs)[0]]
-
-    docs = make_texts(count, pool, length, n, offset)
-    return [list(r) for r in encoder.encode(RERANK_QUERY, docs)[0]]
-
-
-# task name -> (runtime encoder, text pool, length, rows, offset) -> token rows
-ROWS: dict[str, Callable[..., list[list[int]]]] = {"embed": _embed_rows, "rerank": _rerank_rows}
 
 
 def speed_device(device: str, precision: str) -> tuple[str, str | None]:
@@ -290,41 +232,6 @@ def _run_engine(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
     }
 
 
-def _cells(
-    task: str,
-    encoder: Any,
-    pool: list[str],
-    lengths: list[int],
-    batch_sizes: list[int],
-    max_length: int,
-) -> tuple[list[int], list[dict[str, Any]], list[str]]:
-    """(lengths actually run, grid cells with their token rows, notes)."""
-    notes = []
-    make = ROWS[task]
-    floor = len(make(encoder, ["x"], 1, 1, 0)[0])  # the shortest row the task can have
-    if max(lengths) > max_length or min(lengths) < floor:
-        notes.append(
-            f"lengths were kept within {floor} (the shortest {task} row) and the artifact's "
-            f"max length {max_length}"
-        )
-        lengths = sorted({min(max(n, floor), max_length) for n in lengths})
-    cells: list[dict[str, Any]] = []
-    for length in lengths:
-        rows_all = make(encoder, pool, length, max(batch_sizes), length)
-        for i, b in enumerate(batch_sizes):
-            rows = rows_all[:b]
-            cells.append(
-                {
-                    "batch_size": b,
-                    "length": length,
-                    "rows": rows,
-                    "tokens": int(sum(len(r) for r in rows)),
-                    "first_of_length": i == 0,
-                }
-            )
-    return lengths, cells, notes
-
-
 def run_speed(
     artifact: str | Path,
     reference: str,
@@ -360,7 +267,7 @@ def run_speed(
     if encoder is None:
         encoder = getattr(runtime, task.runtime_class)(artifact, device=device).encoder
     pool = pool or BUILTIN_TEXTS
-    lengths, cells, notes = _cells(
+    lengths, cells, notes = grid_cells(
         task.name,
         encoder,
         pool,

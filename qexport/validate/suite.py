@@ -16,7 +16,6 @@ import logging
 import re
 import warnings
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,9 +23,9 @@ from typing import Any
 from ..manifest import load_manifest
 from ..tasks import get_task
 from . import checks_embed, checks_rerank
-from .checks import evaluate
+from .checks import Measured, ValidateOptions, evaluate
 from .environment import collect
-from .thresholds import Thresholds, default_thresholds
+from .thresholds import default_thresholds
 
 log = logging.getLogger("qexport")
 
@@ -34,40 +33,7 @@ REPORT_SCHEMA = "qexport.validate.report"
 REPORT_SCHEMA_VERSION = 2  # 2: one report for every task ("task"), speed over token rows
 # task name -> its module: CHECKS (list of checks.Check), measure(), summary()
 SUITES: dict[str, ModuleType] = {"embed": checks_embed, "rerank": checks_rerank}
-
-
-@dataclass
-class ValidateOptions:
-    reference: str
-    texts: list[str] | None = None  # embed
-    texts_source: str = "built-in"
-    dataset: str | Path | None = None
-    max_corpus: int | None = None  # embed
-    max_queries: int | None = None  # rerank: 10 when None
-    docs_per_query: int = 10  # rerank
-    batch_size: int = 8  # rerank: pairs per pass in the agreement check
-    device: str = "auto"
-    thresholds: Thresholds = field(default_factory=dict)
-    speed: bool = True
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    lengths: tuple[int, ...] | None = None  # None: the task's default (speed.DEFAULT_LENGTHS)
-    repeats: int = 5
-    warmup: int = 1
-    seed: int = 0
-    progress: bool = False
-    force_known_answer: str | None = None  # tests: run the card check on any artifact
-
-
-@dataclass
-class Measured:
-    """What a task's `measure` hands back to the suite."""
-
-    parts: dict[str, Any]  # report sections (an "artifact" entry adds task-specific fields)
-    providers: list[str]  # onnxruntime providers the artifact ran on
-    reference_device: str
-    encoder: Any  # the runtime's tokeniser (speed.py builds its token rows with it)
-    speed_reference: str  # what the speed run's PyTorch engine loads
-    notes: list[str] = field(default_factory=list)
+__all__ = ["Measured", "ValidateOptions", "run_validation", "summary"]
 
 
 def run_validation(artifact: str | Path, opts: ValidateOptions) -> dict[str, Any]:

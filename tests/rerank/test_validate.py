@@ -4,7 +4,9 @@ agreement with the card recipe, thresholds that fail, the report files, the spee
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qexport.cli import main
@@ -108,3 +110,42 @@ def test_validate_speed_section(rerank_int8, beir, tmp_path, capsys):
         assert sp["engines"][engine]["rss_peak_mb"] > 20
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Speed and memory" in md and "pairs/s" in md
+
+
+def _damage(src: Path, dst: Path, name: str, scale: float) -> None:
+    """Copy an artifact, scale one weight matrix, fix the manifest's sha256."""
+    import hashlib
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    shutil.copytree(src, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    init = next(t for t in model.graph.initializer if t.name == name)
+    arr = numpy_helper.to_array(init).astype(np.float32) * np.float32(scale)
+    init.CopyFrom(numpy_helper.from_array(arr, name))
+    onnx.save(model, str(dst / "model.onnx"))
+    manifest = json.loads((dst / "qexport.json").read_text())
+    for fname in manifest["files"]:
+        manifest["files"][fname] = hashlib.sha256((dst / fname).read_bytes()).hexdigest()
+    (dst / "qexport.json").write_text(json.dumps(manifest, indent=2))
+
+
+def test_validate_nonfinite_reranker_fails_on_finite(rerank_fp32, rerank_ckpt, tmp_path, capsys):
+    """A reranker whose graph overflows: the suite's `finite` check fails (exit 1) and names
+    the pairs; the agreement checks are skipped, not computed from NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        _damage(rerank_fp32, tmp_path / "bad", "layers.0.mlp.down_proj.weight", float("inf"))
+    rc = main(["-q", "validate", str(tmp_path / "bad"), "--reference", str(rerank_ckpt),
+               "--device", "cpu", "--report", str(tmp_path / "rep"), "--no-speed"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert "FAIL: finite" in out and "pair(s) NaN/Inf" in out and "PASS" not in out
+    r = json.loads((tmp_path / "rep" / "report.json").read_text())
+    checks = {c["name"]: c for c in r["checks"]}
+    assert r["failed"] == ["finite"] and checks["finite"]["value"] == r["agreement"]["pairs"] > 0
+    assert checks["finite"]["detail"]["indices"][:3] == [0, 1, 2]
+    assert {checks[k]["status"] for k in checks if k != "finite"} == {"skipped"}
+    assert "## FAILED: finite" in (tmp_path / "rep" / "report.md").read_text()
