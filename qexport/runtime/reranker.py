@@ -31,9 +31,8 @@ from .batching import DEFAULT_MAX_BATCH_TOKENS
 from .core import RowRunner
 from .graph_scan import check_token_ids, tokenizer_max_id
 from .session import check_graph, open_artifact
+from .tokenize import encode_bounded
 
-MARGIN = 64  # tokens past the body budget before a prefix's ids are trusted
-CLIP_CHARS_PER_TOKEN = 6  # a body longer than this many characters per token: prefix first
 GROUP = 64  # pairs tokenised together when counting against a token limit
 
 
@@ -101,24 +100,9 @@ class PairEncoder:
         task = self.default_instruction if instruction is None else instruction
         return [self.template.format(instruction=task, query=query, doc=d) for d in documents]
 
-    def _body_ids(self, body: str) -> list[int]:
-        """A long body tokenised from growing prefixes: once a prefix holds `MARGIN` tokens
-        past the budget, the body is cut inside it and the rest is never tokenised (the
-        margin keeps the kept ids equal to those of the whole body)."""
-        need = self.body_budget + MARGIN
-        cap = CLIP_CHARS_PER_TOKEN * need
-        while cap < len(body):
-            ids: list[int] = self.tokenizer.encode(body[:cap], add_special_tokens=False).ids
-            if len(ids) >= need:
-                return ids
-            cap *= 4
-        return list(self.tokenizer.encode(body, add_special_tokens=False).ids)
-
     def _group_ids(self, bodies: list[str]) -> list[list[int]]:
-        clip = CLIP_CHARS_PER_TOKEN * (self.body_budget + MARGIN)
-        short = [b for b in bodies if len(b) <= clip]
-        encs = iter(self.tokenizer.encode_batch_fast(short, add_special_tokens=False))
-        return [list(next(encs).ids) if len(b) <= clip else self._body_ids(b) for b in bodies]
+        encs = encode_bounded(self.tokenizer, bodies, self.body_budget, special=False)
+        return [list(e.ids) for e in encs]
 
     def encode(
         self,

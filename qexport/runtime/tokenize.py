@@ -53,6 +53,38 @@ def check_texts(texts: list[str]) -> None:
         check_text(text, f"texts[{i}]")
 
 
+def encode_bounded(
+    tokenizer: Tokenizer, texts: list[str], keep: int, *, special: bool
+) -> list[Any]:
+    """`tokenizers` encodings of `texts` whose first `keep` ids are exactly those of the whole
+    text, with memory bounded by `keep`, not by the text: a text longer than
+    `CLIP_CHARS_PER_TOKEN * (keep + MARGIN)` characters is tokenised from growing prefixes
+    (4x each time) until one holds `keep + MARGIN` tokens, and the rest is never tokenised (the
+    margin keeps the kept ids equal to those of the whole text; byte-level BPE and WordPiece
+    give at least one character per token). Shorter texts go through one batch call. The one
+    bounded tokeniser of the runtime: texts (`TextEncoder`), query-document pairs
+    (`reranker.PairEncoder`) and the server's requests all use it."""
+    need = keep + MARGIN
+    clip = CLIP_CHARS_PER_TOKEN * need
+    short = [t for t in texts if len(t) <= clip]
+    try:
+        encs = iter(tokenizer.encode_batch_fast(short, add_special_tokens=special))
+    except TypeError:  # tokenizers says neither which text nor why
+        check_texts(texts)
+        raise
+    return [next(encs) if len(t) <= clip else _prefix(tokenizer, t, need, special) for t in texts]
+
+
+def _prefix(tokenizer: Tokenizer, text: str, need: int, special: bool) -> Any:
+    cap = CLIP_CHARS_PER_TOKEN * need
+    while cap < len(text):
+        enc = tokenizer.encode(text[:cap], add_special_tokens=special)
+        if len(enc.ids) >= need:
+            return enc
+        cap *= 4
+    return tokenizer.encode(text, add_special_tokens=special)
+
+
 class TextEncoder:
     def __init__(
         self,
@@ -87,39 +119,16 @@ class TextEncoder:
             raise ValueError("this model has no instruction template; embed without instruction")
         return [self.template.format(instruction=instruction, text=t) for t in texts]
 
-    def _tokenize(self, texts: list[str]) -> list[Any]:
-        """tokenizers' encodings, a text longer than `clip_chars` tokenised from a prefix only:
-        once a prefix holds `MARGIN` tokens past max_length the text is cut inside it, so the
-        rest is never tokenised (the margin keeps the kept ids equal to those of the whole
-        text). Memory is bounded by max_length, not by the text (a 15M-character record)."""
-        clip = self.clip_chars
-        short = [t for t in texts if len(t) <= clip]
-        try:
-            encs = iter(self.tokenizer.encode_batch_fast(short, add_special_tokens=True))
-        except TypeError:  # tokenizers says neither which text nor why
-            check_texts(texts)
-            raise
-        return [next(encs) if len(t) <= clip else self._prefix_encoding(t) for t in texts]
-
-    def _prefix_encoding(self, text: str) -> Any:
-        need = self.max_length + MARGIN
-        cap = self.clip_chars
-        while cap < len(text):
-            enc = self.tokenizer.encode(text[:cap], add_special_tokens=True)
-            if len(enc.ids) >= need:
-                return enc
-            cap *= 4
-        return self.tokenizer.encode(text, add_special_tokens=True)
-
     @property
     def clip_chars(self) -> int:
+        """Texts longer than this are tokenised from a prefix only (`encode_bounded`)."""
         return CLIP_CHARS_PER_TOKEN * (self.max_length + MARGIN)
 
     def encode(self, texts: list[str], *, warn: bool = True) -> Encoded:
         ids, type_ids = [], []
         truncated = dropped = 0
         limit = self.max_length
-        for enc in self._tokenize(texts):
+        for enc in encode_bounded(self.tokenizer, texts, limit, special=True):
             e_ids, e_types = enc.ids, enc.type_ids
             if len(e_ids) > limit:
                 special = enc.special_tokens_mask
