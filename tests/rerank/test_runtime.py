@@ -112,7 +112,8 @@ def test_manifest_without_task_loads_as_embed(tiny_artifact):
 def test_long_documents_tokenised_from_a_prefix_match_the_whole(rr):
     """A document far past max_length is tokenised only as far as its pair can hold; the kept
     ids equal tokenising the whole body (tokenizers, no qexport code) and cutting it."""
-    from qexport.runtime.reranker import CLIP_CHARS_PER_TOKEN, MARGIN, TokenLimitError
+    from qexport.runtime.reranker import TokenLimitError
+    from qexport.runtime.tokenize import CLIP_CHARS_PER_TOKEN, MARGIN
 
     enc = rr.encoder
     clip = CLIP_CHARS_PER_TOKEN * (enc.body_budget + MARGIN)
