@@ -20,8 +20,7 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from qexport.runtime import Reranker  # noqa: E402
-from qexport.server.app import ServerConfig  # noqa: E402
-from qexport.server.rerank import create_rerank_app  # noqa: E402
+from qexport.server.app import ServerConfig, create_app  # noqa: E402
 from tests.rerank.conftest import DOCS, QUERIES  # noqa: E402
 
 
@@ -95,7 +94,7 @@ def test_embedding_server_has_no_rerank_route(tiny_artifact):
 
 @pytest.fixture(scope="module")
 def client(rerank_fp32):  # type: ignore[no-untyped-def]
-    app = create_rerank_app(
+    app = create_app(
         Reranker(rerank_fp32, device="cpu"), ServerConfig(max_items=4, max_request_tokens=400)
     )
     with TestClient(app) as c:
