@@ -126,19 +126,21 @@ def load(base: str, groups: Groups, want: list[np.ndarray], clients: int, pid: i
     pairs = sum(len(d) for _, d in groups)
     return {"pairs_per_s": pairs / wall, "p50_s": statistics.median(lat),
             "p95_s": float(np.percentile(lat, 95)), "passes": passes(base) - p0,
-            "requests": len(groups), "server_cpu_s": cpu_seconds(pid) - cpu0}  # fmt: skip
+            "requests": len(groups),
+            "cpu_ms_per_pair": 1000 * (cpu_seconds(pid) - cpu0) / pairs}  # fmt: skip
 
 
 def offline(rr, groups: Groups, one_call: bool) -> dict:  # type: ignore[no-untyped-def]
     pairs = sum(len(d) for _, d in groups)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if one_call:
         rows = [r for q, d in groups for r in rr.encoder.encode(q, d)[0]]
         rr.logits_for_ids(rows, batch_size=128)
     else:
         for q, d in groups:
             rr.score(q, d)
-    return {"pairs_per_s": pairs / (time.perf_counter() - start), "requests": len(groups)}
+    return {"pairs_per_s": pairs / (time.perf_counter() - start), "requests": len(groups),
+            "cpu_ms_per_pair": 1000 * (time.process_time() - cpu) / pairs}  # fmt: skip
 
 
 def in_flight(base: str) -> int:
@@ -190,7 +192,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16, help="SciFact queries, one request each")
     p.add_argument("--docs", type=int, default=8, help="documents per request")
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--big-docs", type=int, default=400)
+    p.add_argument("--big-docs", type=int, default=400, help="0: skip the latency part")
     p.add_argument("--delay", type=float, default=0.5,
                    help="s after the server holds the big request before the small is sent")  # fmt: skip
     p.add_argument("--repeats", type=int, default=2)
@@ -220,6 +222,8 @@ def main() -> None:
                 row = load(f"http://127.0.0.1:{port}", groups, want, args.clients, procs[name].pid)
                 runs.setdefault(name, []).append(row)
             load_avg.append(os.getloadavg()[0])
+        if args.big_docs < 1:
+            return report(args, info, best_of(runs), lat, load_avg)
         big = (groups[0][0], scifact_docs(args.big_docs))
         small = (groups[1][0], groups[1][1][:1])
         start = time.perf_counter()
@@ -234,8 +238,11 @@ def main() -> None:
         for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=60)
-    best = {mode: max(rs, key=lambda r: r["pairs_per_s"]) for mode, rs in runs.items()}
-    report(args, info, best, lat, load_avg)
+    report(args, info, best_of(runs), lat, load_avg)
+
+
+def best_of(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    return {mode: max(rs, key=lambda r: r["pairs_per_s"]) for mode, rs in runs.items()}
 
 
 def report(args, info, best, lat, load_avg) -> None:  # type: ignore[no-untyped-def]
@@ -247,12 +254,13 @@ def report(args, info, best, lat, load_avg) -> None:  # type: ignore[no-untyped-
           f"python {platform.python_version()}; load average {load_avg}")  # fmt: skip
     print("versions: " + ", ".join(f"{m} {_version(m)}" for m in VERSIONED))
     print("\n| mode | pairs/s | vs offline per request | vs offline one call | p50 s | p95 s "
-          "| forward passes | requests |\n|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+          "| forward passes | requests | CPU ms per pair |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for mode, r in best.items():
         cells = [f"{r['pairs_per_s']:.2f}", f"{r['pairs_per_s'] / per_request:.2f}x",
                  f"{r['pairs_per_s'] / one_call:.2f}x"]  # fmt: skip
         cells += [f"{r[k]:.2f}" if k in r else "–" for k in ("p50_s", "p95_s")]
-        cells += [f"{r['passes']:.0f}" if "passes" in r else "–", str(r["requests"])]
+        cells += [f"{r['passes']:.0f}" if "passes" in r else "–", str(r["requests"]),
+                  f"{r['cpu_ms_per_pair']:.0f}"]  # fmt: skip
         print(f"| {mode} | " + " | ".join(cells) + " |")
     print(f"\na one-document request sent {args.delay:g} s after the server holds another "
           f"client's {args.big_docs}-document request:\n")  # fmt: skip
