@@ -1,4 +1,5 @@
-"""`qexport serve ARTIFACT`: an OpenAI-compatible embeddings server (FastAPI + uvicorn)."""
+"""`qexport serve ARTIFACT`: an OpenAI-compatible embeddings server, or a rerank server for a
+reranker artifact (FastAPI + uvicorn; one app, built from the artifact's task)."""
 
 from __future__ import annotations
 
@@ -77,19 +78,14 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _app(args: argparse.Namespace, config: Any) -> Any:
-    """The embeddings app, or the rerank app (POST /v1/rerank) for a rerank artifact."""
+    """The app for the artifact's task: POST /v1/embeddings, or POST /v1/rerank for a reranker."""
     from ..manifest import load_manifest
-
-    kw = {"device": args.device, "max_batch_tokens": args.max_batch_tokens}
-    if load_manifest(args.artifact).task == "rerank":
-        from ..runtime import Reranker
-        from ..server.rerank import create_rerank_app
-
-        return create_rerank_app(Reranker(args.artifact, verify=not args.no_verify, **kw), config)
-    from ..runtime import Embedder
+    from ..runtime import Embedder, Reranker
     from ..server.app import create_app
 
-    return create_app(Embedder(args.artifact, verify=not args.no_verify, **kw), config)
+    kw = {"device": args.device, "max_batch_tokens": args.max_batch_tokens}
+    runtime = Reranker if load_manifest(args.artifact).task == "rerank" else Embedder
+    return create_app(runtime(args.artifact, verify=not args.no_verify, **kw), config)
 
 
 def run(args: argparse.Namespace) -> int:

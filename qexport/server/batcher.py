@@ -1,6 +1,11 @@
 """The background batcher: requests from concurrent clients share forward passes, and long
 requests are cut into token-budget slices scheduled fairly with the others.
 
+It is task-agnostic: it runs token rows through a `runtime.core.RowRunner` (`Embedder.core`,
+`Reranker.core`), whose output has one row of the task's row shape per token row ((dim,) for
+an embedding, () for a rerank logit), and each Job carries its own completion (Matryoshka
+for embeddings; none for rerank logits, which the handler turns into ranked scores).
+
 Handlers tokenise their input, then `submit` a Job (at most `max_queue` requests in flight,
 else `queue.Full`, which the app answers with 503). The main worker gathers what arrives
 within `max_wait_s`, then repeatedly plans one forward pass of at most `max_batch_tokens`
@@ -29,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime import Embedder
+from ..runtime.core import RowRunner
 
 log = logging.getLogger("qexport")
 _seq = itertools.count()
@@ -38,11 +43,12 @@ _seq = itertools.count()
 @dataclass(eq=False)
 class Job:
     ids: list[list[int]]
-    type_ids: list[list[int]]
-    dim: int | None
-    future: asyncio.Future[np.ndarray]
+    type_ids: list[list[int]] | None  # None: the graph takes none (or all zeros)
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     deadline: float = math.inf  # time.monotonic() after which the job is dropped
+    # what the future gets: complete(rows out, in input order); None: the rows themselves
+    complete: Callable[[np.ndarray], Any] | None = None
     cancelled: bool = False  # set by the handler when the client disconnected or timed out
     tokens: int = field(init=False)
     # scheduler state (under Batcher._cond)
@@ -76,7 +82,7 @@ def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) 
 class Batcher:
     def __init__(
         self,
-        embedder: Embedder,
+        runner: RowRunner,
         *,
         max_wait_s: float,
         max_queue: int,
@@ -89,7 +95,7 @@ class Batcher:
             raise ValueError(f"max_wait_s must be finite and >= 0, got {max_wait_s}")
         if max_queue < 1 or max_batch_tokens < 1 or long_row_tokens < 1:
             raise ValueError("max_queue, max_batch_tokens and long_row_tokens must be >= 1")
-        self.embedder = embedder
+        self.runner = runner
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.max_batch_tokens = max_batch_tokens
@@ -267,11 +273,10 @@ class Batcher:
             self._active, self._incoming = [], []
 
     def _run(self, rows: Rows) -> None:
-        emb = self.embedder
         ids = [j.ids[r] for j, r in rows]
-        type_ids = [j.type_ids[r] for j, r in rows]
+        type_ids = _type_ids(rows)
         try:
-            out = emb.run_prepared(emb.prepare(ids, type_ids, batch_size=len(ids)))
+            out = self.runner.run_prepared(self.runner.prepare(ids, type_ids, batch_size=len(ids)))
         except Exception as exc:
             jobs = list(dict.fromkeys(j for j, _ in rows))
             if len(jobs) > 1:  # isolate the request that failed (e.g. NaN) from the others
@@ -286,7 +291,7 @@ class Batcher:
         with self._cond:
             for (job, r), vec in zip(rows, out, strict=True):
                 if job.out is None:
-                    job.out = np.empty((len(job.ids), out.shape[1]), dtype=np.float32)
+                    job.out = np.empty((len(job.ids), *out.shape[1:]), dtype=np.float32)
                 job.out[r] = vec
                 job.left -= 1
                 if job.left == 0:
@@ -295,6 +300,16 @@ class Batcher:
     def _complete(self, job: Job) -> None:
         assert job.out is not None
         try:
-            self._finish(job, self.embedder.truncate_dim(job.out, job.dim), None)
+            value = job.out if job.complete is None else job.complete(job.out)
         except Exception as exc:
             self._finish(job, None, exc)
+            return
+        self._finish(job, value, None)
+
+
+def _type_ids(rows: Rows) -> list[list[int]] | None:
+    """The rows' token type ids; None when no job has any (the runner feeds zeros if the graph
+    wants them)."""
+    if all(j.type_ids is None for j, _ in rows):
+        return None
+    return [[0] * len(j.ids[r]) if j.type_ids is None else j.type_ids[r] for j, r in rows]

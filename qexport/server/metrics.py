@@ -31,12 +31,15 @@ class Metrics:
         )
         self.queue = Gauge("qexport_queue_depth", "requests in flight in the batcher", registry=r)
         self.batch_rows = Histogram(
-            "qexport_batch_rows", "texts per forward pass", buckets=ROW_BUCKETS, registry=r
+            "qexport_batch_rows",
+            "rows (texts or pairs) per forward pass",
+            buckets=ROW_BUCKETS,
+            registry=r,
         )
         self.batch_tokens = Histogram(
             "qexport_batch_tokens", "tokens per forward pass", buckets=TOKEN_BUCKETS, registry=r
         )
-        self.tokens = Counter("qexport_tokens", "tokens embedded", registry=r)
+        self.tokens = Counter("qexport_tokens", "tokens run through the model", registry=r)
         self.refusals = Counter(
             "qexport_refusals", "requests refused or dropped, by reason", ("reason",), registry=r
         )

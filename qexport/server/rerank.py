@@ -1,34 +1,37 @@
-"""`POST /v1/rerank` for rerank artifacts (the request/response shape of Cohere, Jina and vLLM):
+"""`POST /v1/rerank` for rerank artifacts (task "rerank"; the request/response shape of
+Cohere, Jina and vLLM):
 
 request  {"model", "query", "documents": [str], "top_n"?, "return_documents"?, "instruction"?}
 response {"model", "results": [{"index", "relevance_score", "document"?: {"text"}}] best
          first, "usage": {"total_tokens"}}
 
-A rerank artifact gets this app instead of the embeddings app (/v1/embeddings answers 404
-here and /v1/rerank 404 there), built on the same base (app.base_app): auth, /metrics,
-/health, /v1/models, the body counted while it is read (413 past the limit, chunked too, 408
-when it does not arrive in time), and OpenAI-shaped errors: 400 bad input, 401, 413 too many
-documents / tokens / bytes (tokens counted before the whole request is tokenised), 422
-malformed body, 503 busy, 504 past the request's deadline; a request whose client left is
-dropped before its forward pass.
+A rerank artifact is served by the same app and service as an embedding one (`app.create_app`
+picks the route from the model's task; /v1/embeddings answers 404 here and /v1/rerank 404
+there): each (query, document) pair is one token row in the shared batcher, so pairs from
+several requests share forward passes, a long request runs in fair token-budget slices, and
+deadline and disconnect are checked before each pass. Errors are OpenAI-shaped: 400 bad input,
+401, 413 too many documents / tokens / bytes (tokens counted before the whole request is
+tokenised), 422 malformed body, 500 NaN/Inf from the model, 503 busy or batcher down, 504 past
+the request's deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..runtime.reranker import Reranker, TokenLimitError, ranked, sigmoid
-from .app import SCAN_ABOVE, base_app, parse_request, post_route, read_body
+from ..runtime.reranker import Reranker, TokenLimitError, ranked
+from ..tasks import RERANK
+from .body import read_request
 from .config import ServerConfig
-from .errors import ApiError, error_response
-from .metrics import Metrics
+from .errors import ApiError
+from .service import Service
 
 
 class RerankRequest(BaseModel):
@@ -91,116 +94,53 @@ def _strings(req: RerankRequest, max_items: int) -> tuple[str, list[str]]:
     return req.query, list(req.documents)
 
 
-class RerankService:
-    """What `POST /v1/rerank` does: one forward pass at a time (onnxruntime uses every core)."""
+def details(reranker: Reranker) -> dict[str, Any]:
+    """The rerank lines of /health (none beyond the shared ones)."""
+    return {}
 
-    def __init__(self, reranker: Reranker, cfg: ServerConfig, metrics: Metrics) -> None:
-        self.reranker, self.cfg, self.metrics = reranker, cfg, metrics
-        self.name = cfg.model_name or reranker.path.resolve().name
-        self.waiting = 0
-        self.requests = 0
-        self.running = asyncio.Semaphore(1)
-        metrics.bind(lambda: float(self.waiting), lambda: 1.0)
 
-    def health(self) -> JSONResponse:
-        r = self.reranker
-        return JSONResponse(
-            {
-                "status": "ok",
-                "model": self.name,
-                "task": "rerank",
-                "max_length": r.encoder.max_length,
-                "providers": r.providers,
-                "waiting": self.waiting,
-                "max_queue": self.cfg.max_queue,
-                "requests": self.requests,
-            }
+async def _tokenize(rr: Reranker, cfg: ServerConfig, req: RerankRequest) -> list[list[int]]:
+    query, docs = _strings(req, cfg.max_items)
+    try:
+        rows, _ = await run_in_threadpool(
+            rr.encoder.encode, query, docs, req.instruction, max_tokens=cfg.max_request_tokens
         )
+    except TokenLimitError as exc:
+        raise ApiError(413, str(exc), "documents", reason="too_many_tokens") from None
+    except ValueError as exc:  # e.g. a lone surrogate, named by its index
+        raise _bad(str(exc), "documents") from None
+    return rows
 
-    async def _tokenize(self, req: RerankRequest) -> list[list[int]]:
-        query, docs = _strings(req, self.cfg.max_items)
-        try:
-            rows, _ = await run_in_threadpool(
-                self.reranker.encoder.encode,
-                query,
-                docs,
-                req.instruction,
-                max_tokens=self.cfg.max_request_tokens,
-            )
-        except TokenLimitError as exc:
-            raise ApiError(413, str(exc), "documents", reason="too_many_tokens") from None
-        except ValueError as exc:  # e.g. a lone surrogate, named by its index
-            raise _bad(str(exc), "documents") from None
-        return rows
 
-    async def _logits(self, request: Request, rows: list[list[int]], deadline: float) -> Any:
-        if self.waiting >= self.cfg.max_queue:
-            raise ApiError(
-                503,
-                f"server busy: {self.cfg.max_queue} requests already waiting; retry later",
-                reason="queue_full",
-                headers={"Retry-After": "1"},
-            )
-        self.waiting += 1
-        try:
-            async with self.running:
-                if await request.is_disconnected():
-                    self.metrics.refuse("client_disconnected")
-                    return None
-                if time.monotonic() > deadline:
-                    raise ApiError(
-                        504,
-                        f"request not answered within {self.cfg.request_timeout_s:g} s; "
-                        "retry later",
-                        reason="deadline",
-                    )
-                logits = await run_in_threadpool(self.reranker.logits_for_ids, rows)
-        finally:
-            self.waiting -= 1
-        self.metrics.on_batch(len(rows), sum(len(r) for r in rows))
-        return logits
+def _response(name: str, req: RerankRequest, logits: Any, tokens: int) -> Response:
+    docs = req.documents
+    results = [
+        RerankResult.model_construct(
+            index=i,
+            relevance_score=s,
+            document=RerankDocument.model_construct(text=docs[i]) if req.return_documents else None,
+        )
+        for i, s in ranked(RERANK.postprocess(logits), req.top_n)
+    ]
+    resp = RerankResponse.model_construct(
+        model=name, results=results, usage=RerankUsage.model_construct(total_tokens=tokens)
+    )
+    return Response(resp.model_dump_json(exclude_none=True), media_type="application/json")
 
-    async def rerank(self, request: Request) -> Response:
-        deadline = time.monotonic() + self.cfg.request_timeout_s
-        body = await read_body(request, self.cfg)
-        if len(body) > SCAN_ABOVE:
-            req = await run_in_threadpool(parse_request, body, self.cfg.max_items, RerankRequest)
-        else:
-            req = parse_request(body, self.cfg.max_items, RerankRequest)
-        rows = await self._tokenize(req)
-        try:
-            logits = await self._logits(request, rows, deadline)
-        except FloatingPointError as exc:  # NaN/Inf from the model: never a silent score
-            return error_response(500, str(exc))
-        if logits is None:
+
+def handler(svc: Service) -> Callable[[Request], Awaitable[Response]]:
+    rr = svc.model
+    assert isinstance(rr, Reranker)
+    cfg = svc.cfg
+
+    async def rerank(request: Request) -> Response:
+        deadline = time.monotonic() + cfg.request_timeout_s
+        req = await read_request(request, cfg, RerankRequest)
+        rows = await _tokenize(rr, cfg, req)
+        got = await svc.run(request, rows, None, deadline)  # the rows' logits, input order
+        if got is None:
             return Response(status_code=499)
-        self.requests += 1
-        docs = req.documents
-        results = [
-            RerankResult.model_construct(
-                index=i,
-                relevance_score=s,
-                document=RerankDocument.model_construct(text=docs[i])
-                if req.return_documents
-                else None,
-            )
-            for i, s in ranked(sigmoid(logits), req.top_n)
-        ]
-        tokens = sum(len(r) for r in rows)
-        resp = RerankResponse.model_construct(
-            model=self.name, results=results, usage=RerankUsage.model_construct(total_tokens=tokens)
-        )
-        return Response(resp.model_dump_json(exclude_none=True), media_type="application/json")
+        logits, tokens = got
+        return _response(svc.name, req, logits, tokens)
 
-
-def create_rerank_app(reranker: Reranker, config: ServerConfig | None = None) -> FastAPI:
-    cfg = config or ServerConfig()
-    cfg.check()
-    metrics = Metrics()
-    svc = RerankService(reranker, cfg, metrics)
-    app = base_app("qexport reranker", cfg, metrics, svc.health, svc.name)
-    app.state.reranker = reranker
-
-    post_route(app, "/v1/rerank", RerankRequest, RerankResponse, svc.rerank)
-
-    return app
+    return rerank
