@@ -9,7 +9,7 @@ run; and a one-document request sent while another client's 400-document request
 The model is `random:qwen3-reranker-0.6b` (the 0.6B widths: hidden 1024, 16/8 heads of 128,
 FFN 3072, vocab 151,669, tied embeddings; seeded weights) with --layers of its 28 layers,
 written as a hub checkpoint with the real reranker tokenizer and exported fp32 (max length
-8192). Requests: `qexport.validate.rerank_speed.beir_groups` (a seeded sample of judged SciFact
+8192). Requests: `qexport.validate.checks_rerank.beir_groups` (a seeded sample of judged SciFact
 queries, each with its relevant abstracts + the abstracts sharing the most words with it).
 Each server is a real `qexport serve` subprocess (PYTHONPATH = its checkout); clients are
 threads with their own httpx connection; every answer is checked against the offline scores
@@ -49,13 +49,13 @@ def build(out: Path, layers: int) -> Path:
     import tempfile
 
     from qexport.export.api import ExportOptions, export_onnx
-    from qexport.export.random_rerank import write_random_reranker
+    from qexport.export.random import write_checkpoint
     from qexport.manifest import MANIFEST_NAME
 
     if (out / MANIFEST_NAME).is_file():
         return out
     with tempfile.TemporaryDirectory(prefix="bench-rr-server.", dir="/tmp") as tmp:
-        ckpt = write_random_reranker(
+        ckpt = write_checkpoint(
             "qwen3-reranker-0.6b", Path(tmp) / "Qwen3-Reranker-0.6B", layers=layers,
             tokenizer=SHARED / "qwen3-reranker" / "0.6B",
         )  # fmt: skip
@@ -184,7 +184,7 @@ def scifact_docs(n: int) -> list[str]:
 
 def main() -> None:
     from qexport.runtime import Reranker
-    from qexport.validate.rerank_speed import beir_groups
+    from qexport.validate.checks_rerank import beir_groups
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--layers", type=int, default=1, help="of the 0.6B's 28 (default 1)")

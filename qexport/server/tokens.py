@@ -6,10 +6,8 @@ Tokenising costs ~125 bytes of RSS per token, so a request is never tokenised wh
   naming the item); `bytes + special tokens`, capped at max_length, bounds its tokens from
   above (byte-level BPE has at least one byte per token, WordPiece at least one character;
   tests/server/test_tokens.py checks both tokenizers);
-- a text longer than `CLIP_CHARS_PER_TOKEN * (max_length + MARGIN)` characters is tokenised
-  from a prefix: when the prefix already has `max_length + MARGIN` tokens, the text would be
-  truncated inside the prefix, so the rest is never tokenised (the MARGIN tokens before the cut
-  keep the kept ids identical to tokenising the whole text); otherwise the prefix grows 4x;
+- a text longer than `TextEncoder.clip_chars` characters is tokenised from a prefix only
+  (`runtime.tokenize.encode_bounded`, the runtime's one bounded tokeniser) and goes alone;
 - when the upper bound of the request exceeds `max_tokens`, texts are tokenised in groups and
   counting stops at the first group that passes the limit (413).
 """
@@ -22,8 +20,6 @@ from typing import Any
 from ..runtime.tokenize import TextEncoder
 from .errors import ApiError
 
-MARGIN = 64  # tokens tokenised past max_length before a prefix is trusted
-CLIP_CHARS_PER_TOKEN = 6  # first prefix: this many characters per token allowed
 GROUP_BYTES = 256 << 10  # texts tokenised together past the bound, at most this many bytes
 
 
@@ -89,22 +85,10 @@ class BoundedTokenizer:
     def upper_bound(self, nbytes: int) -> int:
         return min(nbytes + self.special, self.max_length)
 
-    def _one(self, text: str) -> tuple[list[int], list[int]]:
-        """A long text, tokenised from growing prefixes until one reaches past max_length."""
-        need = self.max_length + MARGIN
-        cap = CLIP_CHARS_PER_TOKEN * need
-        while cap < len(text):
-            enc = self.encoder.encode([text[:cap]], warn=False)
-            if len(enc.ids[0]) + enc.dropped >= need:
-                return enc.ids[0], enc.type_ids[0]
-            cap *= 4
-        enc = self.encoder.encode([text], warn=False)
-        return enc.ids[0], enc.type_ids[0]
-
     def _groups(self, texts: list[str], nbytes: list[int], limit: int) -> Iterator[list[int]]:
         group: list[int] = []
         size = 0
-        clip = CLIP_CHARS_PER_TOKEN * (self.max_length + MARGIN)
+        clip = self.encoder.clip_chars
         for i, n in enumerate(nbytes):
             if len(texts[i]) > clip:
                 if group:
@@ -130,14 +114,9 @@ class BoundedTokenizer:
         ids: list[list[int]] = []
         type_ids: list[list[int]] = []
         total = 0
-        clip = CLIP_CHARS_PER_TOKEN * (self.max_length + MARGIN)
         for group in self._groups(texts, nbytes, 1 << 62 if fits else GROUP_BYTES):
-            if len(group) == 1 and len(texts[group[0]]) > clip:
-                one_ids, one_types = self._one(texts[group[0]])
-                g_ids, g_types = [one_ids], [one_types]
-            else:
-                enc = self.encoder.encode([texts[i] for i in group], warn=False)
-                g_ids, g_types = enc.ids, enc.type_ids
+            enc = self.encoder.encode([texts[i] for i in group], warn=False)
+            g_ids, g_types = enc.ids, enc.type_ids
             total += sum(len(r) for r in g_ids)
             if total > max_tokens:
                 raise ApiError(
