@@ -59,7 +59,6 @@ def main() -> None:
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    from qexport.export import random_models
     from qexport.export.source import resolve
 
     src = resolve(args.model)
@@ -69,7 +68,6 @@ def main() -> None:
         f"{args.model}: {n_params / 1e9:.2f}B parameters, BF16 weights {bf16_gb:.2f} GiB",
         flush=True,
     )
-    del random_models
     rows = []
     for precision in args.precisions:
         out = work / f"{precision}"

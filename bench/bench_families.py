@@ -3,7 +3,7 @@ artifact (runtime Embedder) vs sentence-transformers in PyTorch fp32, same texts
 
 Random weights at the published widths with fewer layers (bge-m3: hidden 1024, 16 heads,
 ffn 4096; EmbeddingGemma: hidden 768, 3/1 heads of 256, ffn 1152, window 512, Dense
-768 -> 3072 -> 768), the hub layout written by `qexport.export.random_folders`, the small
+768 -> 3072 -> 768), the hub layout written by `qexport.export.random`, the small
 in-process tokenizers (so texts have more tokens than with the real vocabularies), max length
 512. Texts: STS-B test sentences (short) and SciFact documents (long) from ../shared. Each
 engine runs in its own process: one warm-up pass, then `--repeats` timed passes (median).
@@ -114,7 +114,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from qexport.export import random_folders as rf
+    from qexport.export import random as rf
     from qexport.export.api import ExportOptions, export_onnx
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_families_"))
@@ -125,7 +125,7 @@ def main() -> None:
         name = change.pop("name")
         cfg = dict(spec.config, **change.pop("config"))
         rf.REGISTRY[name] = dataclasses.replace(spec, name=name, config=cfg, **change)
-        folder = rf.write_folder(name, tmp / name.replace(" ", "-"))
+        folder = rf.write_checkpoint(name, tmp / name.replace(" ", "-"))
         art = tmp / (folder.name + "-fp32")
         export_onnx(str(folder), art, ExportOptions(progress=False))
         for label, n in (("short", args.short), ("long", args.long)):

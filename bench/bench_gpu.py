@@ -109,7 +109,7 @@ def _dense_flops(cfg: dict[str, Any]) -> float:
 
 
 def _config(model: str, layers: int | None) -> dict[str, Any]:
-    from qexport.export.random_models import REGISTRY
+    from qexport.export.random import REGISTRY
 
     cfg = dict(REGISTRY[model.split(":", 1)[1]].config)
     if layers:

@@ -5,7 +5,8 @@ sharing the most words with it (a lexical first stage), real reranker tokenizer 
 ../shared/qwen3-reranker/0.6B. The model is `random:qwen3-reranker-0.6b` (the exact 0.6B
 widths: hidden 1024, 16/8 heads of 128, FFN 3072, vocab 151,669, tied embeddings; seeded
 weights) written as a hub checkpoint with --layers of its 28 layers, then exported from the
-folder. Each engine runs alone in a spawned process (qexport.validate.rerank_speed.measure):
+folder. Each engine runs alone in its own process over the same token rows (the artifact's
+prompt; qexport.validate.speed.measure_rows):
 
   * onnxruntime, per precision (fp32, int8): `Reranker.logits`, token-budget batches;
   * pytorch: the card's recipe literally (left padding, [batch, seq, vocab] logits, the last
@@ -34,9 +35,11 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     from qexport.export.api import ExportOptions, export_onnx
-    from qexport.export.random_rerank import write_random_reranker
+    from qexport.export.random import write_checkpoint
     from qexport.manifest import load_manifest
-    from qexport.validate.rerank_speed import beir_groups, measure
+    from qexport.runtime import Reranker
+    from qexport.validate.checks_rerank import beir_groups
+    from qexport.validate.speed import CARD_ENGINE, measure_rows
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=4, help="of the 0.6B's 28 (default 4)")
@@ -53,18 +56,32 @@ def main() -> None:
     groups, info = beir_groups(DATA / "scifact", args.queries, args.docs)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rerank.", dir="/tmp") as tmp:
-        ckpt = write_random_reranker(
+        ckpt = write_checkpoint(
             "qwen3-reranker-0.6b", Path(tmp) / "Qwen3-Reranker-0.6B", layers=args.layers,
             tokenizer=SHARED / "qwen3-reranker" / "0.6B",
         )  # fmt: skip
-        kw = {"batch_size": args.batch_size, "repeats": args.repeats, "max_length": args.max_length}
+        kw = {"batch_size": args.batch_size, "repeats": args.repeats}
+        token_rows: list[list[int]] = []
+        # bench engine name -> the harness's: the card literally; the card with logits_to_keep=1
+        engine_names = {"pytorch": CARD_ENGINE, "pytorch-last": "pytorch"}
+
+        def measure(engine: str, artifact: Path) -> dict:
+            r = measure_rows(engine_names.get(engine, engine), artifact, ckpt, token_rows, **kw)
+            return {"pairs": r["rows"], "seconds_median": round(r["latency_p50_ms"] / 1e3, 4),
+                    "pairs_per_s": round(r["rows_per_s"], 3), "peak_rss_mb": r["rss_peak_mb"],
+                    "rss_after_load_mb": r["load"]["rss_peak_mb"], "repeats": r["repeats"],
+                    "logodds": [float(x) for x in r["outputs"]]}  # fmt: skip
+
         for precision in args.precisions.split(","):
             out = Path(tmp) / precision
             start = time.perf_counter()
             export_onnx(str(ckpt), out, ExportOptions(progress=False, precision=precision,
                                                       max_length=args.max_length))  # fmt: skip
             took = time.perf_counter() - start
-            r = measure("onnxruntime", out, groups, **kw)  # type: ignore[arg-type]
+            if not token_rows:  # the same rows for every engine: the artifact's prompt
+                encoder = Reranker(out, device="cpu").encoder
+                token_rows += [r for q, docs in groups for r in encoder.encode(q, docs)[0]]
+            r = measure("onnxruntime", out)
             r["export_s"] = round(took, 1)
             q = load_manifest(out).quantization
             if q:
@@ -72,7 +89,7 @@ def main() -> None:
             results[f"onnxruntime {precision}"] = r
             print(precision, {k: v for k, v in r.items() if k != "logodds"}, flush=True)
         for engine in args.engines.split(","):
-            results[engine] = measure(engine, ckpt, groups, **kw)  # type: ignore[arg-type]
+            results[engine] = measure(engine, out)
             print(engine, {k: v for k, v in results[engine].items() if k != "logodds"}, flush=True)
     ref = np.array(results["pytorch"]["logodds"]) if "pytorch" in results else None
     rows = []

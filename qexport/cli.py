@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qexport: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError, NotImplementedError, RuntimeError) as exc:
+    except (ValueError, OSError, KeyError, NotImplementedError, RuntimeError, ImportError) as exc:
         if os.environ.get("QEXPORT_DEBUG"):
             raise
         # library errors name the problem (SourceError, OutputError, ManifestError, ...)

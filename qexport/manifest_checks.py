@@ -12,16 +12,16 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from .tasks import EMBED, TASK_NAMES, TASKS
+from .templates import TemplateError, check_template
+
 # Generous bounds: the largest models we know have 32k-128k positions and 8k-wide embeddings.
 MAX_LENGTH_LIMIT = 1 << 20
 EMBEDDING_DIM_LIMIT = 1 << 16
 MANIFEST_BYTES_LIMIT = 16 << 20
-SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan", "none")  # none: rerank artifacts
+SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
-OUTPUT_NAME = "sentence_embedding"
-TASKS = ("embed", "rerank")
-RERANK_OUTPUTS = ("score", "logit")
-RERANK_STRINGS = ("prefix", "suffix", "template", "default_instruction")
+RERANK_STRINGS = ("prefix", "suffix", "template", "default_instruction", "yes_token", "no_token")
 RERANK_IDS = ("prefix_ids", "suffix_ids")
 RERANK_ID = ("yes_id", "no_id", "pad_id")
 TOKEN_ID_LIMIT = 1 << 24
@@ -85,9 +85,9 @@ def _template(v: Any) -> None:
     if not isinstance(v, str) or "{text}" not in v:
         raise _fail(f"instruction_template must contain {{text}}, got {v!r}"[:200])
     try:
-        v.format(instruction="", text="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise _fail(f"instruction_template {v!r} is not a valid template ({exc!r})"[:200]) from None
+        check_template(v, ("instruction", "text"), "instruction_template")
+    except TemplateError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _token_id(v: Any) -> bool:
@@ -96,24 +96,29 @@ def _token_id(v: Any) -> bool:
 
 def _rerank(v: Any) -> None:
     """The reranker's prompt (task `rerank`): texts, their token ids, the yes/no/pad ids."""
-    if v is None:
-        return
     if not isinstance(v, dict):
-        raise _fail(f"rerank must be an object or null, got {_name(v)}")
-    for key in RERANK_STRINGS:
-        if not isinstance(v.get(key), str):
-            raise _fail(f"rerank.{key} must be a string, got {_name(v.get(key))}")
+        raise _fail(f"rerank must be an object, got {_name(v)}")
+    known = (*RERANK_STRINGS, *RERANK_IDS, *RERANK_ID, "recipe", "max_body_tokens")
+    unknown = [str(k)[:80] for k in v if k not in known]
+    missing = [k for k in known if k not in v]
+    if unknown or missing:
+        what = f"unknown field rerank.{unknown[0]}" if unknown else f"missing rerank.{missing[0]}"
+        raise _fail(f"{what}; re-export the artifact")
+    for key in (*RERANK_STRINGS, "recipe"):
+        if not isinstance(v[key], str):
+            raise _fail(f"rerank.{key} must be a string, got {_name(v[key])}")
     for key in RERANK_IDS:
-        ids = v.get(key)
+        ids = v[key]
         if not isinstance(ids, list) or len(ids) > 4096 or not all(map(_token_id, ids)):
             raise _fail(f"rerank.{key} must be a list of token ids, got {str(ids)[:80]}")
     for key in RERANK_ID:
-        if key in v and not _token_id(v[key]):
+        if not _token_id(v[key]):
             raise _fail(f"rerank.{key} must be a token id, got {str(v[key])[:40]}")
+    _int_in("rerank.max_body_tokens", 1, MAX_LENGTH_LIMIT)(v["max_body_tokens"])
     try:
-        v["template"].format(instruction="", query="", doc="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise _fail(f"rerank.template is not a usable template ({exc!r})") from None
+        check_template(v["template"], ("instruction", "query", "doc"), "rerank.template")
+    except TemplateError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _tensors(key: str) -> Callable[[Any], None]:
@@ -167,12 +172,14 @@ FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
         "files", lambda x: isinstance(x, str) and bool(_SHA256.fullmatch(x)), "a sha256 hex digest"
     ),
     "graph_file": _typed("graph_file", str, "a file name"),
-    "task": _choice("task", TASKS),
+    "task": _choice("task", TASK_NAMES),
     "rerank": _rerank,
 }
 
 
 def _dims(data: dict[str, Any]) -> None:
+    if "embedding_dim" not in data:  # not an embedding manifest
+        return
     dim, dims = data["embedding_dim"], data["allowed_dims"]
     if (
         not isinstance(dims, list)
@@ -193,17 +200,16 @@ def _io(data: dict[str, Any]) -> None:
         if need not in names:
             raise _fail(f"inputs must include {need!r}, got {names}")
     outputs = {t["name"]: t["shape"] for t in data["outputs"]}
-    if data.get("task", "embed") == "rerank":
-        missing = [n for n in RERANK_OUTPUTS if n not in outputs]
-        if missing or data.get("rerank") is None:
-            raise _fail(f"a rerank artifact needs outputs {RERANK_OUTPUTS} and a rerank prompt")
+    task = TASKS[data.get("task", EMBED.name)]
+    missing = [n for n in task.outputs if n not in outputs]
+    if missing:
+        raise _fail(f"outputs must include {', '.join(map(repr, missing))}, got {list(outputs)}")
+    if task.row_shape != "dim":
         return
-    if OUTPUT_NAME not in outputs:
-        raise _fail(f"outputs must include {OUTPUT_NAME!r}, got {list(outputs)}")
-    last = outputs[OUTPUT_NAME][-1:] or [None]
+    last = outputs[task.output][-1:] or [None]
     if _is_int(last[0]) and last[0] != data["embedding_dim"]:
         raise _fail(
-            f"embedding_dim {data['embedding_dim']} does not match the {OUTPUT_NAME} output "
+            f"embedding_dim {data['embedding_dim']} does not match the {task.output} output "
             f"width {last[0]}"
         )
 
@@ -225,7 +231,8 @@ def check_fields(
         if key in data:
             check(data[key])
     for key, allowed in choices.items():
-        _choice(key, allowed)(data[key])
+        if key in data:
+            _choice(key, allowed)(data[key])
     _dims(data)
     _io(data)
 

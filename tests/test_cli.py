@@ -69,7 +69,7 @@ def test_failure_midway_leaves_nothing(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
 
-    from qexport.export.random_models import REGISTRY
+    from qexport.export.random import REGISTRY
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

@@ -203,35 +203,55 @@ def test_tokenizer_file_from_manifest(tiny_artifact, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("location", "needle"),
+    ("location", "needle", "holder"),
     [
-        ("../w.bin", "External data path"),  # onnxruntime's own check
-        ("ABS", "External data path"),
-        ("link.bin", "symlink 'link.bin' resolves outside the artifact folder"),  # ours
+        # qexport's own checks, before onnxruntime opens the graph, whatever its version
+        ("../w.bin", "'../w.bin' must be a relative path inside the artifact folder", "init"),
+        ("ABS", "must be a relative path inside the artifact folder", "init"),
+        ("link.bin", "resolves outside the artifact folder", "init"),
+        ("../w.bin", "must be a relative path inside the artifact folder", "constant"),
+        ("../w.bin", "must be a relative path inside the artifact folder", "subgraph"),
+        ("in.bin@past", "lie past 'in.bin'", "init"),
+        ("missing.bin", "file 'missing.bin' is missing", "init"),
     ],
 )
-def test_external_data_outside_the_folder(tiny_artifact, tmp_path, location, needle):
-    """A graph whose external data points outside the folder (.., absolute, or a symlink)
-    is refused with one line, never read."""
+def test_external_data_outside_the_folder(tiny_artifact, tmp_path, location, needle, holder):
+    """A graph whose external data points outside the folder (.., absolute, a symlink; in an
+    initializer, a Constant's tensor or a subgraph), past its file's end, or at no file is
+    refused with one line by qexport itself (issue 27, item 8), never read."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     folder = clone(tiny_artifact, tmp_path / "art")
     outside = tmp_path / "w.bin"
     np.ones((4, 4), np.float32).tofile(outside)
+    np.ones((2,), np.float32).tofile(folder / "in.bin")
     if location == "ABS":
         location = str(outside)
     if location == "link.bin":
         os.symlink(outside, folder / "link.bin")
     w = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 4])
     w.data_location = TensorProto.EXTERNAL
-    w.external_data.add(key="location", value=location)
+    w.external_data.add(key="location", value=location.split("@")[0])
+    if location.endswith("@past"):
+        w.external_data.add(key="length", value="64")
+    if holder == "init":
+        nodes, inits = [helper.make_node("MatMul", ["x", "W"], ["y"])], [w]
+    else:
+        const = helper.make_node("Constant", [], ["W"], value=w)
+        nodes, inits = [const, helper.make_node("MatMul", ["x", "W"], ["y"])], []
+    if holder == "subgraph":
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+        body = helper.make_graph(nodes, "then", [], [out])
+        cond = helper.make_tensor("c", TensorProto.BOOL, [], [True])
+        nodes = [helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=body)]
+        inits = [cond]
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [w],
+        inits,
     )
     (folder / "model.onnx").unlink()
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -242,3 +262,85 @@ def test_external_data_outside_the_folder(tiny_artifact, tmp_path, location, nee
     msg = str(info.value)
     assert "\n" not in msg
     assert needle in msg
+
+
+def test_tokenizer_ids_past_the_vocabulary_are_refused_at_load(tiny_artifact, tmp_path):
+    """Issue 27, item 6: a tokenizer.json edited to emit an id the graph's embedding table has
+    no row for (checksums resealed) is refused at load with one line, by Embedder and by
+    `qexport embed` (exit 2), never a forward-pass failure."""
+    folder = clone(tiny_artifact, tmp_path / "art")
+    tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tok["model"]["vocab"]
+    word = next(iter(vocab))
+    vocab[word] = 10_000_000
+    (folder / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    edit(folder, setter("files", {}))
+    with pytest.raises(ManifestError, match="token id 10000000, but the graph's embedding table"):
+        Embedder(folder, device="cpu")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "qexport.cli", "-q", "embed", str(folder), str(corpus)]
+    r = subprocess.run(
+        [*argv, "-o", str(tmp_path / "o.npy"), "--no-verify"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "embedding table" in r.stderr and not (tmp_path / "o.npy").exists()
+
+
+# qexport.json exactly as main (schema 1, commit 4f14af1) wrote it for `qexport onnx
+# random:qwen3-tiny` and `random:qwen3-reranker-tiny --precision int8`
+V1 = Path(__file__).parent / "export" / "data"
+
+
+def v1_manifest(task: str) -> dict[str, Any]:
+    return json.loads((V1 / f"manifest-v1-{task}.json").read_text(encoding="utf-8"))
+
+
+def test_v1_embed_manifest_from_main_loads_and_runs(tiny_artifact, tmp_path):
+    folder = clone(tiny_artifact, tmp_path / "art")
+    old = v1_manifest("embed")
+    assert old["schema_version"] == 1 and old["rerank"] is None
+    (folder / MANIFEST_NAME).write_text(json.dumps(old))
+    m = load_manifest(folder)
+    assert (m.task, m.embedding_dim, m.allowed_dims) == ("embed", 128, [32, 64, 128])
+    assert m.rerank is None and "rerank" not in m.to_dict() and m.to_dict()["schema_version"] == 2
+    texts = ["What is the capital of China?", "Explain gravity"]
+    got = Embedder(folder, device="cpu").embed(texts)
+    assert np.array_equal(got, Embedder(tiny_artifact, device="cpu").embed(texts))
+
+
+def test_v1_rerank_manifest_from_main_loads_typed():
+    from qexport.manifest import Manifest, RerankPrompt
+
+    old = v1_manifest("rerank")
+    assert old["embedding_dim"] == 1 and old["similarity"] == "none"  # main's placeholders
+    m = Manifest.from_dict(old)
+    assert m.task == "rerank" and m.embedding is None and isinstance(m.rerank, RerankPrompt)
+    assert m.rerank.prefix_ids == old["rerank"]["prefix_ids"] and m.rerank.pad_id == 151643
+    assert m.rerank.max_body_tokens == 8192 - 39 - 9
+    new = m.to_dict()
+    assert not {"pooling", "normalize", "embedding_dim", "allowed_dims", "similarity"} & set(new)
+    assert Manifest.from_dict(new).rerank == m.rerank  # schema 2 round trip
+    with pytest.raises(ManifestError, match="a rerank manifest has no embedding fields"):
+        _ = m.embedding_dim
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (setter("schema_version", 3), "schema_version 3 is not supported"),
+        (setter("embedding_dim", 64), "schema 1 rerank manifest with embedding_dim set; re-export"),
+        (lambda d: d["rerank"].pop("pad_id"), "missing rerank.pad_id; re-export"),
+        (lambda d: d["rerank"].update(colour=1), "unknown field rerank.colour; re-export"),
+        (lambda d: d.update(schema_version=2), "unknown field 'pooling'"),  # placeholders in 2
+        (setter("rerank", None), "rerank must be an object"),
+    ],
+)
+def test_unreadable_rerank_manifests_say_so_in_one_line(change, needle):
+    from qexport.manifest import Manifest
+
+    data = v1_manifest("rerank")
+    change(data)
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_dict(data)
+    assert needle in str(info.value) and "\n" not in str(info.value)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export.bars import QUANT_PRECISIONS, bars_text
+from ..export.bars import LOGODDS_BARS, QUANT_PRECISIONS, bars_text
 from ..manifest import PRECISIONS
+from ..tasks import TASK_NAMES
 from .errors import UsageError
 
 
@@ -40,7 +41,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     o.add_argument(
         "--task",
         default="auto",
-        choices=("auto", "embed", "rerank"),
+        choices=("auto", *TASK_NAMES),
         help="embed (sentence_embedding) or rerank (Qwen3-Reranker: one score per pair); "
         "auto (default) picks rerank for a Qwen3ForCausalLM checkpoint named *reranker* "
         "without modules.json",
@@ -98,7 +99,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="--task rerank int8: refuse when a check pair's log-odds move more than this "
-        "vs the float graph (default 0.3)",
+        f"vs the float graph (default {LOGODDS_BARS['int8']})",
     )
     q.add_argument(
         "--no-check",
@@ -134,7 +135,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-logodds-diff must be > 0, got {args.max_logodds_diff}")
     opts = ExportOptions(
         task=args.task,
-        max_logodds_diff=args.max_logodds_diff,
         precision=args.precision,
         max_length=args.max_length,
         token_embeddings=args.token_embeddings,
@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
             method=args.method,
             symmetric=None if args.zero_points is None else args.zero_points == "symmetric",
             min_cosine=args.min_cosine,
+            max_logodds_diff=args.max_logodds_diff,
         ),
     )
     manifest = export_onnx(args.model, args.output, opts)

@@ -1,11 +1,12 @@
-"""`qexport validate DIR --reference MODEL`: fidelity, retrieval agreement, speed and memory
-against the PyTorch reference; a report in json, Markdown and HTML. Exit 0 pass, 1 below a
-threshold, 2 usage error."""
+"""`qexport validate DIR --reference MODEL`: one suite for every task, chosen by the artifact's
+manifest (embed: fidelity, retrieval agreement; rerank: agreement with the model card's
+recipe), speed and memory against the PyTorch reference, a report in json, Markdown and HTML.
+Exit 0 pass, 1 below a threshold, 2 usage error."""
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .options import from_args
@@ -27,12 +28,22 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
+    from ..validate.thresholds import KEYS
+
     v = sub.add_parser("validate", help="compare an artifact with its PyTorch reference")
-    v.add_argument("artifact", help="artifact folder")
+    v.add_argument("artifact", help="artifact folder (an embedding model or a reranker)")
     v.add_argument("--reference", required=True, help="the model the artifact was exported from")
-    v.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     v.add_argument(
-        "--texts", default=None, help="texts file: one per line (.txt) or {'text': ...} (.jsonl)"
+        "--device",
+        default="auto",
+        choices=("cpu", "cuda", "auto"),
+        help="where the artifact and the reference run (default auto: CUDA when the "
+        "artifact's precision and the machine allow)",
+    )
+    v.add_argument(
+        "--texts",
+        default=None,
+        help="embeddings: texts file, one per line (.txt) or {'text': ...} (.jsonl)",
     )
     v.add_argument(
         "--dataset", default=None, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv)"
@@ -41,19 +52,24 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--max-corpus",
         type=int,
         default=None,
-        help="subsample the corpus to N documents (relevant ones kept)",
+        help="embeddings: subsample the corpus to N documents (relevant ones kept)",
     )
-    v.add_argument("--max-queries", type=int, default=None, help="subsample the queries to N")
+    v.add_argument(
+        "--max-queries", type=int, default=None, help="subsample the queries to N (rerank: 10)"
+    )
     v.add_argument("--report", default=None, help="folder for report.json, report.md, report.html")
+    known = "; ".join(f"{task}: {', '.join(keys)}" for task, keys in KEYS.items())
     v.add_argument(
         "--thresholds",
         default=None,
-        help="overrides, KEY=VALUE,... (cosine_min, cosine_mean, max_abs_diff, batch_cosine_min, "
-        "padding_cosine_min, matryoshka_cosine_min, instruction_cosine_min, known_answer_tol, "
-        "ndcg10_drop_max, top10_overlap_min); VALUE 'none' switches a check off",
+        help=f"overrides, KEY=VALUE,... of the artifact's task ({known}); VALUE 'none' "
+        "switches a check off",
     )
     v.add_argument(
-        "--threshold", type=float, default=None, help="minimum per-text cosine (= cosine_min)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="embeddings: minimum per-text cosine (= cosine_min)",
     )
     v.add_argument(
         "--speed",
@@ -67,8 +83,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--lengths",
         type=_ints,
-        default=(16, 128, 512),
-        help="speed grid, tokens per text (default 16,128,512)",
+        default=None,
+        help="speed grid, tokens per row (default: embed 16,128,512; rerank 128,256,512)",
     )
     v.add_argument("--repeats", type=int, default=5, help="timed calls per grid cell (default 5)")
     v.add_argument("--warmup", type=int, default=1, help="untimed calls per grid cell (default 1)")
@@ -89,24 +105,16 @@ def read_texts(path: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..manifest import ManifestError, load_manifest
+    from ..validate.report import write_report
+    from ..validate.suite import run_validation, summary
 
     try:
         task = load_manifest(args.artifact).task
     except ManifestError as exc:
         raise UsageError(str(exc)) from None
-    if task == "rerank":  # a reranker artifact: commands/validate_rerank.py
-        from .validate_rerank import run_rerank
-
-        return run_rerank(args)
-    return _run_embed(args)
-
-
-def _run_embed(args: argparse.Namespace) -> int:
-    from ..validate.report import write_report
-    from ..validate.suite import run_validation
-
-    report = run_validation(args.artifact, _embed_options(args))
-    _print_summary(report)
+    report = run_validation(args.artifact, _options(args, task))
+    for line in summary(report):
+        print(line)
     if args.report:
         paths = write_report(report, args.report)
         print(f"report: {paths['html']}")
@@ -122,14 +130,26 @@ def _run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_options(args: argparse.Namespace) -> ValidateOptions:
+# options that only one task reads: (argument, task, what to use instead)
+TASK_ONLY = (
+    ("texts", "embed", "a reranker validates on --dataset (BEIR) or the built-in check pairs"),
+    ("threshold", "embed", "use --thresholds KEY=VALUE with the reranker's keys"),
+    ("max_corpus", "embed", "a reranker's first stage reads the whole corpus"),
+)
+
+
+def _options(args: argparse.Namespace, task: str) -> ValidateOptions:
     """The checked arguments as `ValidateOptions` (UsageError on the first bad one)."""
     from ..validate.retrieval import DatasetError, load_beir
     from ..validate.suite import ValidateOptions
     from ..validate.thresholds import parse_overrides
 
+    for name, only, instead in TASK_ONLY:
+        if getattr(args, name) is not None and task != only:
+            flag = f"--{name.replace('_', '-')}"
+            raise UsageError(f"{flag} is for {only} artifacts, this one is {task}: {instead}")
     try:
-        thresholds = parse_overrides(args.thresholds)
+        thresholds = parse_overrides(args.thresholds, task)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.threshold is not None:
@@ -157,30 +177,6 @@ def _embed_options(args: argparse.Namespace) -> ValidateOptions:
     )
 
 
-def _print_summary(report: dict[str, Any]) -> None:
-    """Fidelity, then retrieval and speed when they ran, one line each."""
-    pt = report["fidelity"]["per_text"]
-    threshold = report["thresholds"]["cosine_min"]
-    providers = ",".join(report["environment"]["onnxruntime_providers_used"])
-    print(
-        f"{pt['texts']} texts: cosine min {_f(pt['cosine_min'])}, mean {_f(pt['cosine_mean'])} "
-        f"(threshold {threshold}, precision {report['artifact']['precision']}, providers {providers})"
-    )
-    if report["retrieval"]:
-        rt = report["retrieval"]
-        print(
-            f"retrieval {rt['dataset']}: nDCG@10 {rt['onnxruntime']['ndcg@10']:.5f} (PyTorch "
-            f"{rt['pytorch']['ndcg@10']:.5f}), top-10 overlap {rt['top10_overlap_mean']:.3f}"
-        )
-    if report["speed"]:
-        grid = report["speed"]["grid"]
-        best = max(grid, key=lambda g: g["onnxruntime"]["tokens_per_s"])
-        print(
-            f"speed: up to {best['onnxruntime']['tokens_per_s']:.0f} tokens/s (batch "
-            f"{best['batch_size']}, length {best['length']}), {best['speedup']:.2f}x PyTorch there"
-        )
-
-
 def _f(v: object) -> str:
     return f"{v:.6f}" if isinstance(v, float) else str(v)
 
@@ -192,4 +188,7 @@ def _worst(c: dict) -> str:
         return f"; worst text {w['index']} ({w['text'][:40]!r})"
     if isinstance(d, dict) and d.get("worst_text"):
         return f"; worst text {d['worst_text'][:40]!r}"
+    if isinstance(d, dict) and d.get("worst"):
+        w = d["worst"][0]
+        return f"; worst pair ({w['query'][:30]!r}, {w['document'][:30]!r})"
     return ""

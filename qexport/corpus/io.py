@@ -22,7 +22,9 @@ numbering datasource reads object-store files with the same code (`records`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -56,6 +58,25 @@ def input_format(path: Path) -> str:
     if not path.is_file():
         raise CorpusError(f"input {str(path)!r} does not exist")
     return fmt
+
+
+def check_output_not_input(input: str | Path, output: str | Path) -> None:
+    """Refuse an output that would replace the input: the same path or file (a hard link, a
+    symlink), a folder holding the input, or a path inside an input folder. Checked before any
+    work, so the input is never touched."""
+    src, dst = Path(os.path.abspath(input)), Path(os.path.abspath(output))
+    same = src.resolve() == dst.resolve()
+    if not same and src.exists() and dst.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(src, dst)
+    if same:
+        raise CorpusError(f"output {str(output)!r} is the input: write the embeddings elsewhere")
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if src_r.is_relative_to(dst_r) or dst_r.is_relative_to(src_r):
+        raise CorpusError(
+            f"output {str(output)!r} and input {str(input)!r} contain one another: "
+            "write the embeddings elsewhere"
+        )
 
 
 def pyarrow_modules() -> tuple[Any, Any]:

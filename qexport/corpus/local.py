@@ -38,7 +38,14 @@ import numpy as np
 from ..manifest import MANIFEST_NAME
 from ..runtime import Embedder
 from ..util import sha256_file
-from .io import CorpusError, input_format, iter_records, pyarrow_modules, scan_ids
+from .io import (
+    CorpusError,
+    check_output_not_input,
+    input_format,
+    iter_records,
+    pyarrow_modules,
+    scan_ids,
+)
 from .output import EmbedSummary, output_format, remove_stale, write_npy, write_parquet
 from .parts import PartStore, done_dir_for, parts_dir_for
 
@@ -120,6 +127,7 @@ def embed_corpus_local(
     artifact, input, output = Path(artifact), Path(input), Path(output)
     input_format(input)
     out_fmt = output_format(output)  # refuses a folder
+    check_output_not_input(input, output)
     if chunk_rows < 1:
         raise CorpusError(f"--chunk-rows must be >= 1, got {chunk_rows}")
     if not output.parent.is_dir():

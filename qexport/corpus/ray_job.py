@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..manifest import load_manifest
+from .io import CorpusError, check_output_not_input
 from .ray_checkpoint import reconcile
 from .ray_input import _fs, _uri, check_columns, count_records, input_files
 
@@ -80,13 +81,18 @@ def make_job(
     tokens = options.get("max_batch_tokens")
     if tokens is not None and tokens < 1:
         raise ValueError(f"--max-batch-tokens must be >= 1, got {tokens}")
-    out = _uri(output)
+    out, src = _uri(output), _uri(input)
+    if "://" in out or "://" in src:
+        if out.rstrip("/") == src.rstrip("/"):
+            raise CorpusError(f"output {out} is the input: write the embeddings elsewhere")
+    else:
+        check_output_not_input(src, out)
     ckpt = _uri(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out)
     if ckpt.rstrip("/").startswith(out.rstrip("/") + "/"):
         raise ValueError("the checkpoint folder must not lie inside the output folder")
     return RayJob(
         os.path.abspath(artifact),
-        _uri(input),
+        src,
         out,
         ckpt,
         actors=parse_actors(actors),

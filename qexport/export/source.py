@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import random_folders, random_models
+from . import random as random_models
+from . import st_modules
 from .families import SPECS, UnsupportedModelError, family_for
-from .st_dense import DenseError, DenseLayer, read_dense
+from .st_dense import DenseLayer
 from .weights import SafetensorsSource, WeightSource
 
 
@@ -48,21 +49,6 @@ class ModelSource:
     keepalive: Any = None  # e.g. the temporary folder a random checkpoint was written to
 
 
-ST_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_lasttoken": "lasttoken",
-}
-KNOWN_MODULES = {
-    "sentence_transformers.models.Transformer": "transformer",
-    "sentence_transformers.models.Pooling": "pooling",
-    "sentence_transformers.models.Normalize": "normalize",
-    "sentence_transformers.models.Dense": "dense",
-}
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -70,66 +56,22 @@ def _read_json(path: Path) -> Any:
         raise SourceError(f"cannot read {path}: {exc}") from exc
 
 
-def _read_pooling(path: Path) -> str:
-    cfg = _read_json(path / "config.json")
-    if cfg.get("pooling_mode_weightedmean_tokens"):
-        raise UnsupportedModelError("pooling mode 'weightedmean' is not supported")
-    if "pooling_mode" in cfg:  # newer sentence-transformers spelling
-        modes = [cfg["pooling_mode"]]
+def read_st_head(folder: Path, family: str, tokenizer_dir: Path | None = None) -> Head:
+    """The sentence-transformers files of any version (st_modules: modules.json and each
+    module's config, config_sentence_transformers.json, sentence_bert_config.json or the
+    tokenizer's length); without modules.json, the family's documented default."""
+    if (folder / "modules.json").is_file():
+        mods = st_modules.read_modules(folder)
+        head: Head | None = Head(pooling=mods.pooling, normalize=mods.normalize, dense=mods.dense)
     else:
-        modes = [v for k, v in ST_POOLING_KEYS.items() if cfg.get(k)]
-    if len(modes) != 1:
-        raise UnsupportedModelError(f"pooling must be exactly one mode, found {modes or 'none'}")
-    if cfg.get("include_prompt") is False:
-        raise UnsupportedModelError("pooling with include_prompt=false is not supported")
-    return {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(modes[0], modes[0])
-
-
-def _read_modules(folder: Path) -> Head:
-    """modules.json: Transformer, Pooling, then any Dense layers, then Normalize."""
-    pooling, normalize, dense = None, False, []
-    for module in _read_json(folder / "modules.json"):
-        kind = KNOWN_MODULES.get(module.get("type", ""))
-        if kind is None:
-            raise UnsupportedModelError(
-                f"sentence-transformers module {module.get('type')!r} ({module.get('path')}) "
-                "is not supported; supported: Transformer, Pooling, Dense, Normalize"
-            )
-        if kind == "pooling":
-            pooling = _read_pooling(folder / module["path"])
-        elif kind == "dense":
-            if pooling is None or normalize:
-                raise UnsupportedModelError(
-                    f"Dense module {module.get('path')!r} must come after Pooling and before "
-                    "Normalize (token-level or post-normalise Dense is not supported)"
-                )
-            try:
-                dense.append(read_dense(folder / module["path"]))
-            except DenseError as exc:
-                raise UnsupportedModelError(str(exc)) from exc
-        elif kind == "normalize":
-            normalize = True
-    if pooling is None:
-        raise UnsupportedModelError("modules.json has no Pooling module")
-    return Head(pooling=pooling, normalize=normalize, dense=dense)
-
-
-def read_st_head(folder: Path, family: str) -> Head:
-    """Read modules.json / 1_Pooling / Dense folders / config_sentence_transformers.json /
-    sentence_bert_config.json; without them, the family's documented default."""
-    head = _read_modules(folder) if (folder / "modules.json").is_file() else _family_head(family)
+        head = _family_head(family)
     if head is None:
         raise UnsupportedModelError(
             f"{folder} has no sentence-transformers modules.json, so its pooling is unknown"
         )
-    st_cfg = folder / "config_sentence_transformers.json"
-    if st_cfg.is_file():
-        data = _read_json(st_cfg)
-        head.prompts = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str)}
-        head.similarity = data.get("similarity_fn_name") or "cosine"
-    bert_cfg = folder / "sentence_bert_config.json"
-    if bert_cfg.is_file():
-        head.max_seq_length = _read_json(bert_cfg).get("max_seq_length")
+    st_cfg = st_modules.read_st_config(folder)
+    head.prompts, head.similarity = st_cfg.prompts, st_cfg.similarity
+    head.max_seq_length = st_modules.read_max_seq_length(folder, tokenizer_dir)
     _family_prompts(head, family)
     return head
 
@@ -153,10 +95,17 @@ def _family_prompts(head: Head, family: str) -> None:
 
 
 def resolve(
-    spec: str, *, tokenizer: str | Path | None = None, revision: str | None = None
+    spec: str,
+    *,
+    tokenizer: str | Path | None = None,
+    revision: str | None = None,
+    scratch: Path | None = None,
 ) -> ModelSource:
+    """`scratch`: where a random model written as a checkpoint folder goes (the export's
+    staging folder, so that a killed run leaves nothing the next one does not remove); None:
+    a temporary folder that lives as long as the returned source."""
     if spec.startswith("random:"):
-        return _resolve_random(spec, tokenizer)
+        return _resolve_random(spec, tokenizer, scratch)
     path = Path(spec).expanduser()
     looks_like_path = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1
     if looks_like_path:
@@ -166,14 +115,13 @@ def resolve(
     return _resolve_hub(spec, revision, tokenizer)
 
 
-def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
-    name = spec.split(":", 1)[1]
-    if name in random_folders.REGISTRY:
-        return _resolve_random_folder(spec, name, tokenizer)
-    if name not in random_models.REGISTRY:
-        known = [*random_models.REGISTRY, *random_folders.REGISTRY]
-        raise SourceError(f"unknown random model {name!r}; built in: {', '.join(known)}")
-    model = random_models.REGISTRY[name]
+def _resolve_random(spec: str, tokenizer: str | Path | None, scratch: Path | None) -> ModelSource:
+    try:
+        model = random_models.lookup(spec)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    if model.layout == "hub":
+        return _resolve_random_folder(spec, model, tokenizer, scratch)
     tok_dir = None
     if tokenizer is not None:
         tok_dir = Path(tokenizer).expanduser()
@@ -187,7 +135,7 @@ def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
         spec=spec,
         kind="random",
         config=dict(model.config),
-        weights=random_models.random_source(model),
+        weights=random_models.random_weights(model),
         family=family,
         head=head,
         tokenizer_dir=tok_dir,
@@ -195,29 +143,42 @@ def _resolve_random(spec: str, tokenizer: str | Path | None) -> ModelSource:
     )
 
 
-def _resolve_random_folder(spec: str, name: str, tokenizer: str | Path | None) -> ModelSource:
-    """A random checkpoint in the hub's layout, written to a temporary folder that lives as
-    long as the returned source (its weights are memory-mapped from there)."""
-    tmp = tempfile.TemporaryDirectory(prefix="qexport-random-")
-    folder = random_folders.write_folder(name, Path(tmp.name) / name)
-    src = _resolve_folder(spec, folder, "random", revision=None, tokenizer=tokenizer)
-    src.seed = random_folders.REGISTRY[name].seed
-    src.keepalive = tmp
+def _resolve_random_folder(
+    spec: str, model: random_models.RandomModel, tokenizer: str | Path | None, scratch: Path | None
+) -> ModelSource:
+    """A random checkpoint in the hub's layout, written to `scratch` or a temporary folder
+    that lives as long as the returned source (its weights are memory-mapped from there).
+    A reranker's `tokenizer` is the one its checkpoint is written with."""
+    keepalive = None
+    if scratch is None:
+        keepalive = tempfile.TemporaryDirectory(prefix="qexport-random-")
+        scratch = Path(keepalive.name)
+    rerank = model.task == "rerank"
+    try:
+        folder = random_models.write_checkpoint(
+            model.name, scratch / model.name, tokenizer=tokenizer if rerank else None
+        )
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    src = _resolve_folder(spec, folder, "random", None, None if rerank else tokenizer)
+    src.seed = model.seed
+    src.keepalive = keepalive
     return src
 
 
 def _resolve_folder(
     spec: str, path: Path, kind: str, revision: str | None, tokenizer: str | Path | None
 ) -> ModelSource:
-    if not (path / "config.json").is_file():
+    model_dir = st_modules.transformer_dir(path)  # sentence-transformers 1.x: 0_Transformer/
+    if not (model_dir / "config.json").is_file():
         raise SourceError(f"model folder {spec!r} has no config.json")
-    config = _read_json(path / "config.json")
+    config = _read_json(model_dir / "config.json")
     family = family_for(config)
     try:
-        weights = SafetensorsSource(path, strip_prefixes=SPECS[family].strip_prefixes)
+        weights = SafetensorsSource(model_dir, strip_prefixes=SPECS[family].strip_prefixes)
     except FileNotFoundError as exc:
         raise SourceError(f"model folder {spec!r} has no *.safetensors weights") from exc
-    tok_dir = Path(tokenizer).expanduser() if tokenizer else path
+    tok_dir = Path(tokenizer).expanduser() if tokenizer else model_dir
     if not (tok_dir / "tokenizer.json").is_file():
         raise SourceError(f"{str(tok_dir)!r} has no tokenizer.json")
     return ModelSource(
@@ -226,7 +187,7 @@ def _resolve_folder(
         config=config,
         weights=weights,
         family=family,
-        head=read_st_head(path, family),
+        head=read_st_head(path, family, tok_dir),
         tokenizer_dir=tok_dir,
         revision=revision,
         folder=path,
@@ -241,7 +202,14 @@ def _resolve_hub(spec: str, revision: str | None, tokenizer: str | Path | None) 
             snapshot_download(
                 repo_id=spec,
                 revision=revision,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"],
+                allow_patterns=[
+                    "*.json",
+                    "*.safetensors",
+                    "*.txt",
+                    "*.model",
+                    "1_Pooling/*",
+                    "*Dense*/pytorch_model.bin",  # a 2.x Dense's weights
+                ],
             )
         )
     except Exception as exc:  # network, auth, not found: one line for the user

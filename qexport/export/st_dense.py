@@ -21,6 +21,8 @@ ACTIVATIONS: dict[str, str | None] = {
     "torch.nn.modules.activation.Tanh": "Tanh",
 }
 DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"  # Dense's own default
+# the weights file, first found wins: safetensors (sentence-transformers >= 3.0), torch (2.x)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class DenseError(ValueError):
@@ -34,17 +36,33 @@ class DenseLayer:
     out_features: int
     bias: bool
     activation: str | None  # ONNX op name, None = identity
-
-    def _open(self):  # type: ignore[no-untyped-def]
-        from safetensors import safe_open
-
-        return safe_open(str(self.folder / "model.safetensors"), framework="numpy")
+    weights: str = WEIGHT_FILES[0]
 
     def load(self, name: str) -> np.ndarray:
-        with self._open() as f:
+        if self.weights.endswith(".bin"):
+            tensors = _torch_tensors(self.folder / self.weights)
+            if name not in tensors:
+                raise DenseError(f"{self.folder}/{self.weights} has no {name!r}")
+            return tensors[name]
+        from safetensors import safe_open
+
+        with safe_open(str(self.folder / self.weights), framework="numpy") as f:
             if name not in f.keys():
-                raise DenseError(f"{self.folder}/model.safetensors has no {name!r}")
+                raise DenseError(f"{self.folder}/{self.weights} has no {name!r}")
             return f.get_tensor(name)
+
+
+def _torch_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A 2.x Dense's pytorch_model.bin (a torch pickle: only torch reads it, tensors only)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise DenseError(
+            f"{path} is a PyTorch pickle and torch is not installed: install torch or save "
+            "the Dense layer as model.safetensors"
+        ) from exc
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}
 
 
 def read_dense(folder: Path) -> DenseLayer:
@@ -63,14 +81,16 @@ def read_dense(folder: Path) -> DenseLayer:
     for key in ("module_input_name", "module_output_name"):
         if cfg.get(key, "sentence_embedding") != "sentence_embedding":
             raise DenseError(f"Dense {key}={cfg[key]!r} ({folder.name}) is not supported")
-    if not (folder / "model.safetensors").is_file():
-        raise DenseError(f"{folder} has no model.safetensors (Dense weights are read from it)")
+    weights = next((f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise DenseError(f"{folder} has no Dense weights ({' or '.join(WEIGHT_FILES)})")
     return DenseLayer(
         folder=folder,
         in_features=int(cfg["in_features"]),
         out_features=int(cfg["out_features"]),
         bias=bool(cfg.get("bias", True)),
         activation=ACTIVATIONS[act_name],
+        weights=weights,
     )
 
 

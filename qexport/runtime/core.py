@@ -11,12 +11,16 @@ query-document pair) and what is done with its output (Matryoshka, sigmoid) is t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
+from .session import load_onnxruntime
 from .tokenize import pad_right
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 Feed = dict[str, np.ndarray]
 
@@ -29,7 +33,8 @@ class Prepared:
     batches: list[tuple[np.ndarray, Feed]]  # (row indices, feed)
     tokens: list[int]  # tokens per row after truncation
     truncated: int = 0
-    dropped: int = 0
+    dropped: int = 0  # a lower bound when texts were clipped before tokenising
+    clipped: int = 0  # texts tokenised from a prefix only (TextEncoder.clip_chars)
 
 
 class RowRunner:
@@ -84,7 +89,8 @@ class RowRunner:
         if self.on_cuda:
             for name, arr in feed.items():  # one host-to-device copy per input
                 binding.bind_ortvalue_input(
-                    name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self.device_id)
+                    name,
+                    load_onnxruntime().OrtValue.ortvalue_from_numpy(arr, "cuda", self.device_id),
                 )
             binding.bind_output(self.output, "cuda", self.device_id)
         else:

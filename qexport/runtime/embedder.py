@@ -13,15 +13,19 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from ..tasks import EMBED
 from .batching import DEFAULT_MAX_BATCH_TOKENS
 from .core import Prepared, RowRunner
+from .graph_scan import check_token_ids, tokenizer_max_id
 from .session import check_graph, open_artifact
-from .tokenize import TextEncoder, check_texts
+from .tokenize import Encoded, TextEncoder, check_texts, truncation_message
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 # embed() tokenises this many texts at a time (sorted and packed within the window); the
 # next window is tokenised while the current one runs
@@ -58,9 +62,10 @@ class Embedder:
         io_binding: bool | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        self.path, self.manifest, self.session = open_artifact(
+        opened = open_artifact(
             artifact, "embed", device, threads, verify, max_batch_tokens, session_options
         )
+        self.path, self.manifest, self.session = opened.path, opened.manifest, opened.session
         m = self.manifest
         self._inputs = m.input_names
         self._output = EMBED.output
@@ -68,6 +73,7 @@ class Embedder:
         self.encoder = TextEncoder(
             self.path, m.max_length, m.instruction_template, tokenizer_file=m.tokenizer_file
         )
+        check_token_ids(opened.graph, tokenizer_max_id(self.encoder.tokenizer), "the tokenizer")
         self.core = RowRunner(
             self.session,
             EMBED.output,
@@ -116,6 +122,8 @@ class Embedder:
         return texts
 
     def _check_dim(self, dim: int | None) -> None:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))):
+            raise ValueError(f"dim must be an integer, got {type(dim).__name__} {dim!r}")
         if dim is not None and dim not in self.manifest.allowed_dims:
             raise ValueError(
                 f"dim {dim} is not allowed; allowed sizes: {self.manifest.allowed_dims}"
@@ -128,13 +136,11 @@ class Embedder:
     ) -> tuple[list[list[int]], list[list[int]], int, int]:
         """Validate, format and tokenise: (ids, type_ids, texts truncated, tokens dropped).
         Does not warn; callers decide how to report truncation."""
-        return self._tokenize(self._check(texts, None), instruction)
-
-    def _tokenize(
-        self, texts: list[str], instruction: str | None
-    ) -> tuple[list[list[int]], list[list[int]], int, int]:
-        enc = self.encoder.encode(self.encoder.format(texts, instruction), warn=False)
+        enc = self._tokenize(self._check(texts, None), instruction)
         return enc.ids, enc.type_ids, enc.truncated, enc.dropped
+
+    def _tokenize(self, texts: list[str], instruction: str | None) -> Encoded:
+        return self.encoder.encode(self.encoder.format(texts, instruction), warn=False)
 
     def run_batch(self, ids: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
         """One padded forward pass; returns float32 [len(ids), hidden]."""
@@ -167,8 +173,12 @@ class Embedder:
         self, texts: Sequence[str], instruction: str | None, rows: int, checked: bool = False
     ) -> Prepared:
         texts = list(texts) if checked else self._check(texts, None)
-        ids, type_ids, truncated, dropped = self._tokenize(texts, instruction)
-        return self.prepare(ids, type_ids, batch_size=rows, truncated=truncated, dropped=dropped)
+        enc = self._tokenize(texts, instruction)
+        prepared = self.prepare(
+            enc.ids, enc.type_ids, batch_size=rows, truncated=enc.truncated, dropped=enc.dropped
+        )
+        prepared.clipped = enc.clipped
+        return prepared
 
     def _pipeline(
         self, chunks: Iterable[Sequence[str]], instruction: str | None, rows: int
@@ -186,14 +196,12 @@ class Embedder:
                 pending = pool.submit(next_prepared)
                 yield prepared, self.run_prepared(prepared)
 
-    @staticmethod
-    def _warn_truncation(truncated: int, dropped: int, max_length: int) -> None:
+    def _warn_truncation(self, parts: Sequence[Prepared]) -> None:
+        truncated = sum(p.truncated for p in parts)
         if truncated:
-            warnings.warn(
-                f"{truncated} text(s) longer than max_length {max_length} were truncated: "
-                f"{dropped} token(s) dropped",
-                stacklevel=3,
-            )
+            dropped, clipped = sum(p.dropped for p in parts), sum(p.clipped for p in parts)
+            limit = self.encoder.max_length
+            warnings.warn(truncation_message(truncated, dropped, limit, clipped), stacklevel=3)
 
     # -- public entry points ------------------------------------------------------------------
 
@@ -218,11 +226,7 @@ class Embedder:
             parts = [(prepared, self.run_prepared(prepared))]
         else:
             parts = list(self._pipeline(windows, instruction, batch_size))
-        self._warn_truncation(
-            sum(p.truncated for p, _ in parts),
-            sum(p.dropped for p, _ in parts),
-            self.encoder.max_length,
-        )
+        self._warn_truncation([p for p, _ in parts])
         out = parts[0][1] if len(parts) == 1 else np.concatenate([o for _, o in parts])
         return self.truncate_dim(out, dim)
 
@@ -241,5 +245,5 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         for prepared, out in self._pipeline(chunks, instruction, batch_size):
-            self._warn_truncation(prepared.truncated, prepared.dropped, self.encoder.max_length)
+            self._warn_truncation([prepared])
             yield self.truncate_dim(out, dim)

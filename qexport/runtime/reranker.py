@@ -15,21 +15,24 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from ..manifest import ManifestError
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+from ..manifest import ManifestError, RerankPrompt
 from ..tasks import RERANK
 from ..tasks import sigmoid as sigmoid
+from ..templates import check_template
 from .batching import DEFAULT_MAX_BATCH_TOKENS
 from .core import RowRunner
+from .graph_scan import check_token_ids, tokenizer_max_id
 from .session import check_graph, open_artifact
+from .tokenize import encode_bounded
 
-MARGIN = 64  # tokens past the body budget before a prefix's ids are trusted
-CLIP_CHARS_PER_TOKEN = 6  # a body longer than this many characters per token: prefix first
 GROUP = 64  # pairs tokenised together when counting against a token limit
 
 
@@ -39,9 +42,6 @@ class TokenLimitError(ValueError):
     def __init__(self, tokens: int, limit: int) -> None:
         super().__init__(f"the pairs have at least {tokens} tokens; at most {limit}")
         self.tokens, self.limit = tokens, limit
-
-
-RERANK_KEYS = ("prefix", "suffix", "template", "default_instruction", "prefix_ids", "suffix_ids")
 
 
 def _check_text(value: Any, what: str) -> str:
@@ -75,23 +75,22 @@ def check_documents(documents: Any) -> list[str]:
 class PairEncoder:
     """The manifest's prompt around each (query, document) pair, tokenised with `tokenizers`."""
 
-    def __init__(self, folder: Path, rerank: dict[str, Any], max_length: int) -> None:
-        missing = [k for k in RERANK_KEYS if k not in rerank]
-        if missing:
-            raise ManifestError(f"rerank manifest lacks {', '.join(missing)}")
+    def __init__(self, folder: Path, rerank: RerankPrompt, max_length: int) -> None:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.prefix = [int(i) for i in rerank["prefix_ids"]]
-        self.suffix = [int(i) for i in rerank["suffix_ids"]]
+        self.prefix = [int(i) for i in rerank.prefix_ids]
+        self.suffix = [int(i) for i in rerank.suffix_ids]
         for key, ids in (("prefix", self.prefix), ("suffix", self.suffix)):
-            got = self.tokenizer.encode(rerank[key], add_special_tokens=False).ids
+            got = self.tokenizer.encode(getattr(rerank, key), add_special_tokens=False).ids
             if got != ids:
                 raise ManifestError(
                     f"the tokenizer encodes the manifest's {key} as {got}, not {ids}"
                 )
-        self.template: str = rerank["template"]
-        self.default_instruction: str = rerank["default_instruction"]
+        self.template: str = check_template(
+            rerank.template, ("instruction", "query", "doc"), "rerank.template"
+        )
+        self.default_instruction: str = rerank.default_instruction
         self.max_length = max_length
         self.body_budget = max_length - len(self.prefix) - len(self.suffix)
         if self.body_budget < 1:
@@ -101,24 +100,9 @@ class PairEncoder:
         task = self.default_instruction if instruction is None else instruction
         return [self.template.format(instruction=task, query=query, doc=d) for d in documents]
 
-    def _body_ids(self, body: str) -> list[int]:
-        """A long body tokenised from growing prefixes: once a prefix holds `MARGIN` tokens
-        past the budget, the body is cut inside it and the rest is never tokenised (the
-        margin keeps the kept ids equal to those of the whole body)."""
-        need = self.body_budget + MARGIN
-        cap = CLIP_CHARS_PER_TOKEN * need
-        while cap < len(body):
-            ids: list[int] = self.tokenizer.encode(body[:cap], add_special_tokens=False).ids
-            if len(ids) >= need:
-                return ids
-            cap *= 4
-        return list(self.tokenizer.encode(body, add_special_tokens=False).ids)
-
     def _group_ids(self, bodies: list[str]) -> list[list[int]]:
-        clip = CLIP_CHARS_PER_TOKEN * (self.body_budget + MARGIN)
-        short = [b for b in bodies if len(b) <= clip]
-        encs = iter(self.tokenizer.encode_batch_fast(short, add_special_tokens=False))
-        return [list(next(encs).ids) if len(b) <= clip else self._body_ids(b) for b in bodies]
+        encs = encode_bounded(self.tokenizer, bodies, self.body_budget, special=False)
+        return [list(e.ids) for e in encs]
 
     def encode(
         self,
@@ -170,15 +154,19 @@ class Reranker:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        self.path, self.manifest, self.session = open_artifact(
+        opened = open_artifact(
             artifact, "rerank", device, threads, verify, max_batch_tokens, session_options
         )
+        self.path, self.manifest, self.session = opened.path, opened.manifest, opened.session
         m = self.manifest
         if m.rerank is None:  # manifest_checks requires it for task rerank; never assumed
             raise ManifestError(f"{str(self.path)!r}: a rerank artifact without its prompt")
         check_graph(self.session, m, RERANK)
         self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
-        self.pad_id = int(m.rerank.get("pad_id", 0))
+        self.pad_id = m.rerank.pad_id
+        enc = self.encoder
+        ids = [tokenizer_max_id(enc.tokenizer), self.pad_id, *enc.prefix, *enc.suffix]
+        check_token_ids(opened.graph, max(ids), "the tokenizer or the manifest's prompt")
         self.core = RowRunner(
             self.session,
             RERANK.output,

@@ -4,17 +4,24 @@ loads an artifact's manifest and graph for the Embedder and the Reranker."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import io
 import logging
 import os
+import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-
-import onnxruntime as ort
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..manifest import Manifest, ManifestError, load_manifest
 from ..tasks import Task, wrong_task
+from .graph_scan import GraphScan, scan_graph
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger("qexport")
 _warned_fallback = False
@@ -25,6 +32,38 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class DeviceError(RuntimeError):
     """The requested device cannot run this artifact."""
+
+
+class MissingRuntime(ImportError):
+    """No onnxruntime wheel is installed (the runtime install chooses one: qexport[cpu] or
+    qexport[gpu])."""
+
+
+INSTALL_HINT = (
+    "onnxruntime is not installed: pip install 'qexport[cpu]' (CPU), or 'qexport[gpu]' on a "
+    "machine with an NVIDIA GPU (never both)"
+)
+
+
+def load_onnxruntime() -> ModuleType:
+    """The onnxruntime module, whichever wheel provides it; MissingRuntime (one line naming the
+    extras) when neither is installed. The one place the runtime imports it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingRuntime(INSTALL_HINT) from exc
+    return onnxruntime
+
+
+def threads_from_env() -> int:
+    """QEXPORT_THREADS as a thread count (0 or unset: onnxruntime's default); ValueError naming
+    the variable otherwise."""
+    raw = os.environ.get("QEXPORT_THREADS", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > 4096:
+        raise ValueError(f"QEXPORT_THREADS must be a thread count from 0 to 4096, got {raw[:40]!r}")
+    return int(raw)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -42,12 +81,13 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     * the CPU arena stays on: without it glibc keeps freed 16-32 MB tensors in its heaps (a
       higher peak at 4k) and every batch pays fresh page faults (short texts ~15% slower).
     """
+    ort = load_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_mem_reuse = False
     opts.enable_mem_pattern = False
     if threads is None:
-        threads = int(os.environ.get("QEXPORT_THREADS", "0")) or 0
+        threads = threads_from_env()
     opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (physical cores)
     opts.log_severity_level = 3
     return opts
@@ -62,9 +102,38 @@ def preload_cuda_libraries() -> None:
     if _preloaded:
         return
     _preloaded = True
+    ort = load_onnxruntime()
     if hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
         with contextlib.redirect_stdout(io.StringIO()):
             ort.preload_dlls()
+
+
+_cuda_devices: int | None = None
+
+
+def cuda_device_count() -> int:
+    """GPUs the NVIDIA driver reports (cuInit + cuDeviceGetCount through the driver library;
+    0 where there is no driver). `device="auto"` asks the CUDA provider only when this is
+    positive, so a machine without a GPU runs on CPU silently instead of printing the provider's
+    load failures."""
+    global _cuda_devices
+    if _cuda_devices is None:
+        _cuda_devices = _count_cuda_devices()
+    return _cuda_devices
+
+
+def _count_cuda_devices() -> int:
+    names = {"linux": ("libcuda.so.1", "libcuda.so"), "win32": ("nvcuda.dll",)}
+    for name in names.get(sys.platform, ()):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    return 0
 
 
 def create_session(
@@ -80,13 +149,17 @@ def create_session(
     global _warned_fallback
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    ort = load_onnxruntime()
     available = ort.get_available_providers()
-    want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+    want_cuda = "CUDAExecutionProvider" in available and (
+        device == "cuda" or (device == "auto" and cuda_device_count() > 0)
+    )
     if want_cuda:
         preload_cuda_libraries()
     if device == "cuda" and not want_cuda:
         raise DeviceError(
-            f"device='cuda' but this onnxruntime has no CUDA provider (available: {available})"
+            f"device='cuda' but this onnxruntime has no CUDA provider (available: {available}); "
+            "install the GPU build: pip install 'qexport[gpu]'"
         )
     providers: list[str] = (
         ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
@@ -122,6 +195,14 @@ def create_session(
     return sess
 
 
+@dataclass
+class Opened:
+    path: Path
+    manifest: Manifest
+    session: ort.InferenceSession
+    graph: GraphScan
+
+
 def open_artifact(
     artifact: str | Path,
     task: str,
@@ -130,8 +211,10 @@ def open_artifact(
     verify: bool,
     max_batch_tokens: int,
     options: ort.SessionOptions | None,
-) -> tuple[Path, Manifest, ort.InferenceSession]:
-    """The artifact folder, its checked manifest (a `task` one) and its graph's session.
+) -> Opened:
+    """The artifact folder, its checked manifest (a `task` one), what qexport checked in its
+    graph file (external data confined to the folder, the vocabulary rows; `graph_scan`)
+    before onnxruntime opened it, and its session.
 
     ValueError for a bad `max_batch_tokens` or another task's artifact; ManifestError for a
     graph that onnxruntime cannot load (its first line of reason kept)."""
@@ -141,16 +224,17 @@ def open_artifact(
     m = load_manifest(path, verify=verify)
     if m.task != task:
         raise ValueError(wrong_task(str(path), m.task, task))
+    scan = scan_graph(path / m.graph_file, path.resolve())
     try:
         session = create_session(path / m.graph_file, device, m.precision, threads, options)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError, ImportError):
         raise
     except Exception as exc:  # onnxruntime's own Fail / InvalidProtobuf / InvalidGraph
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if len(first) > 400:  # onnxruntime puts its reason after a long C++ signature
             first = f"{first[:120]} ... {first[-260:]}"
         raise ManifestError(f"graph {m.graph_file!r} cannot be loaded: {first}") from exc
-    return path, m, session
+    return Opened(path, m, session, scan)
 
 
 def check_graph(session: ort.InferenceSession, m: Manifest, task: Task) -> None:

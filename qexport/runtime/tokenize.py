@@ -6,9 +6,19 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from ..templates import check_template
+
+# A text longer than CLIP_CHARS_PER_TOKEN * (max_length + MARGIN) characters is tokenised from
+# a prefix only (`TextEncoder._prefix_encoding`); byte-level BPE and WordPiece give at least
+# one character per token, so the first prefix already holds what max_length can keep for
+# ordinary text.
+MARGIN = 64  # tokens tokenised past max_length before a prefix is trusted
+CLIP_CHARS_PER_TOKEN = 6  # first prefix: this many characters per token allowed
 
 
 @dataclass
@@ -16,7 +26,8 @@ class Encoded:
     ids: list[list[int]]
     type_ids: list[list[int]]
     truncated: int  # texts that were cut
-    dropped: int  # tokens dropped in all
+    dropped: int  # tokens dropped in all (a lower bound when `clipped`)
+    clipped: int = 0  # texts tokenised from a prefix only (longer than TextEncoder.clip_chars)
 
 
 def check_text(text: object, where: str) -> None:
@@ -42,6 +53,38 @@ def check_texts(texts: list[str]) -> None:
         check_text(text, f"texts[{i}]")
 
 
+def encode_bounded(
+    tokenizer: Tokenizer, texts: list[str], keep: int, *, special: bool
+) -> list[Any]:
+    """`tokenizers` encodings of `texts` whose first `keep` ids are exactly those of the whole
+    text, with memory bounded by `keep`, not by the text: a text longer than
+    `CLIP_CHARS_PER_TOKEN * (keep + MARGIN)` characters is tokenised from growing prefixes
+    (4x each time) until one holds `keep + MARGIN` tokens, and the rest is never tokenised (the
+    margin keeps the kept ids equal to those of the whole text; byte-level BPE and WordPiece
+    give at least one character per token). Shorter texts go through one batch call. The one
+    bounded tokeniser of the runtime: texts (`TextEncoder`), query-document pairs
+    (`reranker.PairEncoder`) and the server's requests all use it."""
+    need = keep + MARGIN
+    clip = CLIP_CHARS_PER_TOKEN * need
+    short = [t for t in texts if len(t) <= clip]
+    try:
+        encs = iter(tokenizer.encode_batch_fast(short, add_special_tokens=special))
+    except TypeError:  # tokenizers says neither which text nor why
+        check_texts(texts)
+        raise
+    return [next(encs) if len(t) <= clip else _prefix(tokenizer, t, need, special) for t in texts]
+
+
+def _prefix(tokenizer: Tokenizer, text: str, need: int, special: bool) -> Any:
+    cap = CLIP_CHARS_PER_TOKEN * need
+    while cap < len(text):
+        enc = tokenizer.encode(text[:cap], add_special_tokens=special)
+        if len(enc.ids) >= need:
+            return enc
+        cap *= 4
+    return tokenizer.encode(text, add_special_tokens=special)
+
+
 class TextEncoder:
     def __init__(
         self,
@@ -62,7 +105,11 @@ class TextEncoder:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.max_length = max_length
-        self.template = template
+        self.template = (
+            None
+            if template is None
+            else check_template(template, ("instruction", "text"), "instruction_template")
+        )
 
     def format(self, texts: list[str], instruction: str | None) -> list[str]:
         if instruction is None:
@@ -72,16 +119,16 @@ class TextEncoder:
             raise ValueError("this model has no instruction template; embed without instruction")
         return [self.template.format(instruction=instruction, text=t) for t in texts]
 
+    @property
+    def clip_chars(self) -> int:
+        """Texts longer than this are tokenised from a prefix only (`encode_bounded`)."""
+        return CLIP_CHARS_PER_TOKEN * (self.max_length + MARGIN)
+
     def encode(self, texts: list[str], *, warn: bool = True) -> Encoded:
-        try:
-            encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=True)
-        except TypeError:  # tokenizers says neither which text nor why
-            check_texts(texts)
-            raise
         ids, type_ids = [], []
         truncated = dropped = 0
         limit = self.max_length
-        for enc in encodings:
+        for enc in encode_bounded(self.tokenizer, texts, limit, special=True):
             e_ids, e_types = enc.ids, enc.type_ids
             if len(e_ids) > limit:
                 special = enc.special_tokens_mask
@@ -96,13 +143,20 @@ class TextEncoder:
                 e_types = e_types[:keep] + (e_types[-tail:] if tail else [])
             ids.append(e_ids)
             type_ids.append(e_types)
+        clipped = sum(len(t) > self.clip_chars for t in texts)
         if truncated and warn:
-            warnings.warn(
-                f"{truncated} text(s) longer than max_length {limit} were truncated: "
-                f"{dropped} token(s) dropped",
-                stacklevel=3,
-            )
-        return Encoded(ids, type_ids, truncated, dropped)
+            warnings.warn(truncation_message(truncated, dropped, limit, clipped), stacklevel=3)
+        return Encoded(ids, type_ids, truncated, dropped, clipped)
+
+
+def truncation_message(truncated: int, dropped: int, max_length: int, clipped: int = 0) -> str:
+    """'3 text(s) longer than max_length 512 were truncated: 40 token(s) dropped' ('at least'
+    when a text was tokenised from a prefix only)."""
+    least = "at least " if clipped else ""
+    return (
+        f"{truncated} text(s) longer than max_length {max_length} were truncated: "
+        f"{least}{dropped} token(s) dropped"
+    )
 
 
 def pad_right(rows: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

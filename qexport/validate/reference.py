@@ -153,6 +153,26 @@ class TorchReference:
                 outs.append(emb.cpu().numpy())
         return np.concatenate(outs)
 
+    def embed_ids(self, rows: list[list[int]], *, batch_size: int = 8) -> np.ndarray:
+        """Embeddings of rows of token ids (the speed harness: tokenised once, outside the
+        timing): padded by the tokenizer (the card recipe pads left), then the recipe's model
+        forward, pooling and normalisation."""
+        torch = self.torch
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                batch = self.tokenizer.pad(
+                    {"input_ids": rows[start : start + batch_size]}, return_tensors="pt"
+                ).to(self.device)
+                if hasattr(self, "st"):
+                    emb = self.st(dict(batch))["sentence_embedding"]
+                else:
+                    hidden = self.model(**batch).last_hidden_state
+                    emb = last_token_pool(hidden, batch["attention_mask"])
+                    emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
+                outs.append(emb.float().cpu().numpy())
+        return np.concatenate(outs)
+
 
 def last_token_pool(last_hidden_states: Any, attention_mask: Any) -> Any:
     """The model card's last_token_pool."""

@@ -1,15 +1,16 @@
-"""Write an embedding validation report (the dict from `suite.run_validation`) as report.json,
+"""Write a validation report (the dict from `suite.run_validation`, any task) as report.json,
 report.md and report.html (plots embedded as base64 PNG).
 
-`sections` turns the report into `render.Section`s (summary and failures, fidelity, retrieval,
-speed and memory, environment, notes); `render` writes them as Markdown and HTML; the plots
-come from `report_plots`.
+`sections` turns the report into `render.Section`s (summary and failures, the task's own
+sections: `TASK_SECTIONS`, speed and memory, environment, notes); `render` writes them as
+Markdown and HTML; the plots come from `report_plots`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,7 @@ def _worst_table(first: str, worst: list[dict[str, Any]]) -> Table:
 def sections(r: dict[str, Any]) -> list[Section]:
     """The report's sections in page order; retrieval and speed only when they ran."""
     out = _summary(r)
-    out.append(_fidelity(r["fidelity"]))
-    if r.get("retrieval"):
-        out.append(_retrieval(r["retrieval"]))
+    out += TASK_SECTIONS[r["task"]](r)
     if r.get("speed"):
         out.append(_speed(r["speed"]))
     out.append(_environment(r["environment"]))
@@ -45,16 +44,22 @@ def sections(r: dict[str, Any]) -> list[Section]:
 
 def _summary(r: dict[str, Any]) -> list[Section]:
     """The verdict, the artifact and reference, every check; then one section per failure."""
-    a = r["artifact"]
+    a, ref = r["artifact"], r["reference"]
     head = Section("Summary")
     verdict = r["verdict"].upper()
     failed = ", ".join(r["failed"]) if r["failed"] else "none"
+    if r["task"] == "embed":
+        shape = f"dim {a['embedding_dim']}, max length {a['max_length']}, pooling {a['pooling']}"
+        data = f"Texts: {r['texts']['count']} ({r['texts']['source']})."
+    else:
+        shape = f"max length {a['max_length']}"
+        data = f"Pairs: {r['pairs']['dataset']}."
+    recipe = f"{ref['recipe']}, " if ref.get("recipe") else ""
     head.lines += [
         f"**Verdict: {verdict}** (failed checks: {failed})",
-        f"Artifact `{a['path']}` ({a['precision']}, dim {a['embedding_dim']}, max length "
-        f"{a['max_length']}, pooling {a['pooling']}), from `{a['source'].get('model')}`; "
-        f"reference `{r['reference']['model']}` in PyTorch ({r['reference']['dtype']}, "
-        f"{r['reference']['device']}). Texts: {r['texts']['count']} ({r['texts']['source']}). "
+        f"Task {r['task']}. Artifact `{a['path']}` ({a['precision']}, {shape}), from "
+        f"`{a['source'].get('model')}`; reference `{ref['model']}` in PyTorch ({recipe}"
+        f"{ref['dtype']}, {ref['device']}). {data} "
         f"Created {r['created']}, report schema {r['schema']} v{r['schema_version']}.",
     ]
     rows = [
@@ -154,24 +159,63 @@ def _retrieval(rt: dict[str, Any]) -> Section:
     return s
 
 
+def _embed_sections(r: dict[str, Any]) -> list[Section]:
+    out = [_fidelity(r["fidelity"])]
+    if r.get("retrieval"):
+        out.append(_retrieval(r["retrieval"]))
+    return out
+
+
+def _rerank_sections(r: dict[str, Any]) -> list[Section]:
+    """Agreement with the card recipe: every metric, the worst pairs."""
+    a = r["agreement"]
+    s = Section("Agreement with the card recipe")
+    s.lines.append(f"{a['pairs']} pairs over {a['queries']} queries ({r['pairs']['dataset']}).")
+    if "skipped" in a:
+        s.lines.append(f"Not compared: {a['skipped']} (pairs {a['nonfinite_pairs']}).")
+        return [s]
+    s.tables.append((["metric", "value"], [[k, fmt(v)] for k, v in a.items() if k != "worst"]))
+    s.tables.append(
+        (
+            ["query", "document", "log-odds (ours)", "log-odds (reference)"],
+            [
+                [short(w["query"], 40), short(w["document"]), fmt(w["ours"]), fmt(w["reference"])]
+                for w in a["worst"]
+            ],
+        )
+    )
+    return [s]
+
+
+# task name -> the report's sections of that task's own checks
+TASK_SECTIONS: dict[str, Callable[[dict[str, Any]], list[Section]]] = {
+    "embed": _embed_sections,
+    "rerank": _rerank_sections,
+}
+
+
 def _speed(sp: dict[str, Any]) -> Section:
     s = Section("Speed and memory")
     engines = list(sp["engines"])
+    ref_device = sp["engines"].get("pytorch", {}).get("device", "–")
     s.lines.append(
-        f"Device {sp['device']}; {sp['texts']}; {sp['warmup']} warm-up call(s) excluded, "
+        f"Device {sp['device']}: onnxruntime providers {', '.join(sp['providers'])}, PyTorch "
+        f"on {ref_device}; rows of token ids ({sp['unit']}s) from {sp['texts']}, the same rows "
+        f"for both engines (tokenisation not timed); {sp['warmup']} warm-up call(s) excluded, "
         f"median of {sp['repeats']} timed calls per cell; each engine in its own process. "
         "Peak RSS per length: the engine process's high-water mark over the cells of that "
         "length (model weights included); 'after load': the mark once the model is loaded."
     )
     cols = ["batch", "length"]
     for e in engines:
-        cols += [f"{e} tok/s", f"{e} p50 ms", f"{e} p95 ms"]
+        cols += [f"{e} tok/s", f"{e} {sp['unit']}s/s", f"{e} p50 ms", f"{e} p95 ms"]
     rows = []
     for g in sp["grid"]:
         row: list[Any] = [g["batch_size"], g["length"]]
         for e in engines:
             row += [
                 fmt(g[e]["tokens_per_s"], 0),
+                fmt(g[e]["rows_per_s"], 1),
                 fmt(g[e]["latency_p50_ms"], 2),
                 fmt(g[e]["latency_p95_ms"], 2),
             ]
@@ -249,6 +293,21 @@ def _failure(c: dict[str, Any]) -> Section:
     d = c.get("detail")
     if isinstance(d, dict) and "worst_texts" in d:
         s.tables.append(_worst_table("index", d["worst_texts"]))
+    elif isinstance(d, dict) and "worst" in d:
+        s.tables.append(
+            (
+                ["query", "document", "ours", "reference"],
+                [
+                    [
+                        short(w["query"], 40),
+                        short(w["document"]),
+                        fmt(w["ours"]),
+                        fmt(w["reference"]),
+                    ]
+                    for w in d["worst"]
+                ],
+            )
+        )
     elif isinstance(d, dict) and "worst_queries" in d:
         s.tables.append(
             (
@@ -271,7 +330,9 @@ def to_markdown(r: dict[str, Any]) -> str:
     return markdown(
         f"{HEADING}: {r['verdict'].upper()}",
         sections(r),
-        ["Plots (cosine histogram, throughput and memory vs length): report.html."],
+        ["Plots (cosine histogram, throughput and memory vs length): report.html."]
+        if r["task"] == "embed" or r.get("speed")
+        else [],
     )
 
 

@@ -1,5 +1,5 @@
-"""The plots of an embedding validation report (matplotlib, PNG bytes): the per-text cosine
-distance histogram, throughput vs length and peak memory vs length."""
+"""The plots of a validation report (matplotlib, PNG bytes): the per-text cosine distance
+histogram (embeddings), throughput vs length and peak memory vs length (any task)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def _finish(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
 def _cosine_histogram(plt: Any, r: dict[str, Any]) -> Any:
     import numpy as np
 
+    if "fidelity" not in r:  # a task without per-row cosines
+        return None
     cos = np.array([c for c in r["fidelity"]["per_text"]["cosines"] if c is not None], dtype=float)
     if not cos.size:
         return None
@@ -89,7 +91,7 @@ def _throughput(plt: Any, sp: dict[str, Any]) -> Any:
     ax.set_yscale("log")
     _finish(
         ax,
-        "tokens per text",
+        f"tokens per {sp.get('unit', 'text')}",
         "tokens / s",
         f"Throughput ({sp['device']}, median of {sp['repeats']})",
     )
@@ -116,7 +118,8 @@ def _memory(plt: Any, sp: dict[str, Any]) -> Any:
                 color=COLORS.get(e),
                 label=f"{e} peak GPU",
             )
-    _finish(ax, "tokens per text (largest batch so far)", "MB", "Peak memory vs length")
+    unit = sp.get("unit", "text")
+    _finish(ax, f"tokens per {unit} (largest batch so far)", "MB", "Peak memory vs length")
     return fig
 
 

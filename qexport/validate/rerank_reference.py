@@ -109,6 +109,19 @@ class CardReranker:
             out.append(lp.float().cpu().numpy().astype(np.float64))
         return np.concatenate(out)
 
+    def logodds_ids(self, rows: list[list[int]], batch_size: int = 8) -> np.ndarray:
+        """log-odds of pairs already tokenised with their prompt (the speed harness), padded
+        as the card pads (left), float64."""
+        out = []
+        for i in range(0, len(rows), batch_size):
+            inputs = self.tokenizer.pad(
+                {"input_ids": rows[i : i + batch_size]}, padding=True, return_tensors="pt"
+            )
+            lp = self._two_way({k: v.to(self.model.device) for k, v in inputs.items()})
+            lp = lp.float().cpu().numpy().astype(np.float64)
+            out.append(lp[:, 1] - lp[:, 0])
+        return np.concatenate(out)
+
     def input_ids(self, pairs: list[str]) -> list[list[int]]:
         """The card's token ids per pair (padding removed)."""
         inputs = self.process_inputs(pairs)

@@ -1,12 +1,22 @@
-"""Speed and memory: the artifact and the PyTorch reference over a grid of batch sizes and
-lengths, each engine in its own subprocess (so peak host memory belongs to one engine only).
+"""Speed and memory, one harness for every task: the artifact and its PyTorch reference over a
+grid of batch sizes and lengths, each engine in its own subprocess (so peak host memory
+belongs to one engine only), on CUDA where the artifact's precision and the machine allow
+(`device="auto"`; the report names the onnxruntime providers and the reference device that
+were actually used), on CPU otherwise.
 
-Per grid cell (batch size B, length L): B different real-sentence texts of about L tokens,
-`warmup` untimed calls, then `repeats` timed calls of the engine's public embed(); latency
-p50/p95 over the repeats, tokens/s = tokens in the batch / median latency. Peak RSS per
-length: the process high-water mark (VmHWM), reset before the first cell of each length
-(Linux /proc/self/clear_refs; elsewhere the mark since start, cells in increasing length). On CUDA, peak GPU memory per length
-(torch: max_memory_allocated; onnxruntime: NVML per-process usage, sampled) and MFU.
+Per grid cell (batch size B, length L): B rows of token ids of about L tokens, built once with
+the artifact's own tokeniser (embed: different real-sentence texts; rerank: one query with
+different real-sentence documents, in the manifest's prompt). Both engines run the same rows:
+the artifact through the runtime's row loop (`runtime.core.RowRunner`: plan, pad, run, check),
+the reference padded its own way (the card recipes pad left) through its model, so that
+tokenisation is timed on neither side. `warmup` untimed calls, then `repeats` timed calls;
+latency p50/p95 over the repeats, tokens/s and rows/s from the median. The reranker's
+reference is the card recipe with `logits_to_keep=1` (the same scores; the card's full
+[batch, seq, vocab] logits would dominate time and memory at these sizes, so the baseline is
+the stronger one). Peak RSS per length: the process high-water mark (VmHWM), reset before the
+first cell of each length (Linux /proc/self/clear_refs; elsewhere the mark since start, cells
+in increasing length). On CUDA, peak GPU memory per length (torch: max_memory_allocated;
+onnxruntime: NVML per-process usage, sampled) and MFU.
 
 Run as a module, it is the worker: `python -m qexport.validate.speed CONFIG.json`, one JSON
 event per stdout line.
@@ -20,139 +30,103 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..memory import GpuMemory, peak_rss_mb, reset_peak_rss
+from ..tasks import get_task
+from .flops import flops_per_token, gpu_peak_flops, matmul_flops_per_token
+from .rows import DEFAULT_LENGTHS, grid_cells
 
 ENGINES = ("onnxruntime", "pytorch")
-
-# Dense peak FLOP/s by GPU name (tensor cores for 16-bit; fp32 without TF32)
-GPU_PEAK_FLOPS = {
-    "H200": {"fp16": 989e12, "bf16": 989e12, "fp32": 67e12},
-    "H100": {"fp16": 989e12, "bf16": 989e12, "fp32": 67e12},
-    "A100": {"fp16": 312e12, "bf16": 312e12, "fp32": 19.5e12},
-    "L40S": {"fp16": 362e12, "bf16": 362e12, "fp32": 91.6e12},
-    "L4": {"fp16": 121e12, "bf16": 121e12, "fp32": 30.3e12},
-}
+# an extra engine for rerankers (bench/): the card recipe literally, full [batch, seq, vocab]
+# logits; "pytorch" is the same recipe with logits_to_keep=1
+CARD_ENGINE = "pytorch-card"
+CPU_ONLY = ("int8-dynamic",)  # DynamicQuantizeMatMul has no CUDA kernel
 
 
-def make_texts(
-    count_tokens: Any, pool: list[str], length: int, n: int, offset: int = 0
-) -> list[str]:
-    """n different texts of at most `length` tokens (as close as whole words allow), cut from
-    the running stream of the real sentences in `pool`. count_tokens(list[str]) -> list[int]."""
-    words = " ".join(t for t in pool if t.strip()).split()
-    if not words:
-        raise ValueError("no words in the text pool")
-    while len(words) < 4 * length + 64 * n:
-        words = words + words
-    out = []
-    for j in range(n):
-        start = (offset + 97 * j) % len(words)
-        stream = words[start:] + words[:start]
-        lo, hi = 1, min(len(stream), 4 * length)
-        while lo < hi:  # the most words whose text fits in `length` tokens
-            mid = (lo + hi + 1) // 2
-            if count_tokens([" ".join(stream[:mid])])[0] <= length:
-                lo = mid
-            else:
-                hi = mid - 1
-        out.append(" ".join(stream[:lo]))
-    return out
-
-
-def matmul_flops_per_token(graph: Path) -> float:
-    """2 x the weights of every MatMul/Gemm/MatMulNBits with a constant weight (FLOPs of the
-    dense layers per token)."""
-    import onnx
-
-    model = onnx.load(str(graph), load_external_data=False)
-    inits = {t.name: list(t.dims) for t in model.graph.initializer}
-    total = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            attrs = {a.name: a.i for a in node.attribute}
-            total += attrs.get("K", 0) * attrs.get("N", 0)
-        elif node.op_type in ("MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul"):
-            if len(node.input) > 1 and node.input[1] in inits:
-                total += int(np.prod(inits[node.input[1]]))
-    return 2.0 * total
-
-
-def flops_per_token(dense: float, architecture: dict[str, Any], length: int) -> float:
-    """Dense layers plus attention scores and values: 4 x L x (heads x head_dim) per layer."""
-    layers = architecture.get("layers_exported", architecture.get("num_hidden_layers", 0))
-    heads = architecture.get("num_attention_heads", 0)
-    head_dim = architecture.get("head_dim") or (architecture.get("hidden_size", 0) // max(heads, 1))
-    return dense + 4.0 * length * heads * head_dim * layers
-
-
-def gpu_peak_flops(gpu_name: str | None, precision: str) -> float | None:
-    if not gpu_name:
-        return None
-    for key, peaks in GPU_PEAK_FLOPS.items():
-        if key in gpu_name:
-            return peaks.get("fp32" if precision == "fp32" else "fp16")
-    return None
+def speed_device(device: str, precision: str) -> tuple[str, str | None]:
+    """The device the artifact's engine is asked for: the requested one, except that a
+    CPU-only precision runs on CPU. Returns (device, note)."""
+    if device != "cpu" and precision in CPU_ONLY:
+        return "cpu", f"{precision} has no CUDA kernels: the speed grid ran on CPU"
+    return device, None
 
 
 # ----------------------------------------------------------------------------- worker
 
 
-def _load(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
-    """(embed(texts, batch_size) callable, gpu peak reader, info)."""
-    device = cfg["device"]
-    if cfg["engine"] == "onnxruntime":
-        from ..runtime import Embedder
+class _TorchPeak:
+    """Peak CUDA memory of torch in this process (bytes)."""
 
-        info: dict[str, Any] = {}
-        gpu: Any = None
-        if device in ("cuda", "auto"):
-            # before the session, so that the reading includes weights and CUDA context (NVML
-            # cannot list this process yet: it reads the device minus this baseline)
-            try:
-                gpu = GpuMemory()
-            except Exception as exc:  # no pynvml / NVML: report why
-                info["gpu_memory_note"] = f"NVML unavailable ({exc})"
-        emb = Embedder(cfg["artifact"], device=device)
-        info["providers"] = emb.providers
-        if emb.providers[0] != "CUDAExecutionProvider":  # "auto" fell back to the CPU
-            info.pop("gpu_memory_note", None)
-            if gpu is not None:
-                gpu.close()
-                gpu = None
-        if gpu is not None:
-            info["gpu_memory_source"] = gpu.source
-        return (lambda texts, b: emb.embed(texts, batch_size=b)), gpu, info
-    from .parity import load_reference
-
-    ref, ref_device, note = load_reference(cfg["reference"], cfg["artifact"], device)
-    info = {"device": ref_device, "dtype": "fp32"}
-    if note:
-        info["note"] = note
-    gpu = None
-    if ref_device == "cuda":
+    def __init__(self) -> None:
         import torch
 
-        class _TorchPeak:
-            peak = 0
+        self.torch = torch
 
-            def reset(self) -> None:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
+    def reset(self) -> None:
+        self.torch.cuda.synchronize()
+        self.torch.cuda.reset_peak_memory_stats()
 
-            def close(self) -> None:
-                pass
+    def close(self) -> None:
+        pass
 
-            def read(self) -> int:
-                torch.cuda.synchronize()
-                return int(torch.cuda.max_memory_allocated())
+    def read(self) -> int:
+        self.torch.cuda.synchronize()
+        return int(self.torch.cuda.max_memory_allocated())
 
-        gpu = _TorchPeak()
-    return (lambda texts, b: ref.embed(texts, batch_size=b)), gpu, info
+
+def _load_onnxruntime(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    from .. import runtime
+
+    device = cfg["device"]
+    info: dict[str, Any] = {}
+    gpu: Any = None
+    if device in ("cuda", "auto"):
+        # before the session, so that the reading includes weights and CUDA context (NVML
+        # cannot list this process yet: it reads the device minus this baseline)
+        try:
+            gpu = GpuMemory()
+        except Exception as exc:  # no pynvml / NVML: report why
+            info["gpu_memory_note"] = f"NVML unavailable ({exc})"
+    engine = getattr(runtime, get_task(cfg["task"]).runtime_class)(cfg["artifact"], device=device)
+    core = engine.core  # the runtime's one row loop
+    info["providers"] = engine.providers
+    if engine.providers[0] != "CUDAExecutionProvider":  # "auto" fell back to the CPU
+        info.pop("gpu_memory_note", None)
+        if gpu is not None:
+            gpu.close()
+            gpu = None
+    if gpu is not None:
+        info["gpu_memory_source"] = gpu.source
+    return (lambda rows, b: core.run(rows, batch_size=b)), gpu, info
+
+
+def _load_pytorch(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    from .parity import load_reference, torch_device
+
+    if cfg["task"] == "rerank":
+        from .rerank_reference import CardReranker
+
+        ref_device, note = torch_device(cfg["device"])
+        ref: Any = CardReranker(
+            cfg["reference"],
+            max_length=cfg["max_length"],
+            device=ref_device,
+            last_logits_only=cfg["engine"] != CARD_ENGINE,
+        )
+        run = ref.logodds_ids
+    else:
+        ref, ref_device, note = load_reference(cfg["reference"], cfg["artifact"], cfg["device"])
+        run = ref.embed_ids
+    info: dict[str, Any] = {"device": ref_device, "dtype": "fp32"}
+    if note:
+        info["note"] = note
+    gpu = _TorchPeak() if ref_device == "cuda" else None
+    return (lambda rows, b: run(rows, batch_size=b)), gpu, info
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -161,33 +135,35 @@ def _emit(event: dict[str, Any]) -> None:
 
 def worker(cfg: dict[str, Any]) -> None:
     rss0 = peak_rss_mb()
-    embed, gpu, info = _load(cfg)
+    load = _load_onnxruntime if cfg["engine"] == "onnxruntime" else _load_pytorch
+    run, gpu, info = load(cfg)
     _emit({"event": "loaded", "rss_peak_mb": peak_rss_mb(), "rss_before_load_mb": rss0, **info})
     per_length = True
-    for cell in cfg["cells"]:
-        texts, b = cell["texts"], cell["batch_size"]
+    for i, cell in enumerate(cfg["cells"]):
+        rows, b = cell["rows"], cell["batch_size"]
         if cell.get("first_of_length"):
             per_length = reset_peak_rss() and per_length
             if gpu is not None:
                 gpu.reset()
         for _ in range(cfg["warmup"]):
-            embed(texts, b)
+            run(rows, b)
         times = []
         for _ in range(cfg["repeats"]):
             t0 = time.perf_counter()
-            out = embed(texts, b)
+            out = run(rows, b)
             times.append(time.perf_counter() - t0)
         if not np.isfinite(out).all():
             raise FloatingPointError("non-finite output during the speed run")
-        gpu_peak = None
-        if gpu is not None:
-            gpu_peak = gpu.read()
+        if cfg.get("outputs"):  # the last timed call's output, for comparisons (bench/)
+            np.save(Path(cfg["outputs"]) / f"{i}.npy", np.asarray(out))
+        gpu_peak = None if gpu is None else gpu.read()
         _emit(
             {
                 "event": "cell",
                 "batch_size": b,
                 "length": cell["length"],
                 "tokens": cell["tokens"],
+                "rows": len(rows),
                 "latencies_s": times,
                 "rss_peak_mb": peak_rss_mb(),
                 "gpu_peak_mb": None if gpu_peak is None else gpu_peak / 2**20,
@@ -211,6 +187,8 @@ def _summarise(cell: dict[str, Any]) -> dict[str, Any]:
         "latency_p50_ms": p50 * 1e3,
         "latency_p95_ms": float(np.percentile(lat, 95)) * 1e3,
         "tokens_per_s": cell["tokens"] / p50,
+        "rows": cell["rows"],
+        "rows_per_s": cell["rows"] / p50,
         "rss_peak_mb": cell["rss_peak_mb"],
         "gpu_peak_mb": cell["gpu_peak_mb"],
         "repeats": len(lat),
@@ -258,72 +236,98 @@ def run_speed(
     artifact: str | Path,
     reference: str,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     batch_sizes: list[int] | tuple[int, ...] = (1, 8, 32),
-    lengths: list[int] | tuple[int, ...] = (16, 128, 512),
+    lengths: list[int] | tuple[int, ...] | None = None,
     repeats: int = 5,
     warmup: int = 1,
     pool: list[str] | None = None,
     engines: tuple[str, ...] = ENGINES,
     progress: bool = False,
     gpu_name: str | None = None,
+    encoder: Any = None,
 ) -> dict[str, Any]:
-    """Both engines over the grid; returns json-ready results with per-cell speedups."""
+    """Both engines over the grid, for the artifact's task; returns json-ready results with
+    per-cell speedups. `reference` is what the suite's reference is built from (a reranker's
+    checkpoint folder, hub id or random:<name>); `encoder` the runtime's tokeniser (opened
+    from the artifact when None)."""
     from tqdm.auto import tqdm
 
+    from .. import runtime
     from ..manifest import load_manifest
-    from ..runtime.tokenize import TextEncoder
     from ..texts import BUILTIN_TEXTS
 
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
+    task = get_task(manifest.task)
     if repeats < 1 or warmup < 0:
         raise ValueError("speed: repeats must be >= 1 and warmup >= 0")
-    lengths = sorted(set(lengths))
     batch_sizes = sorted(set(batch_sizes))
-    notes = []
-    if max(lengths) > manifest.max_length:
-        notes.append(
-            f"lengths above the artifact's max length {manifest.max_length} were run at "
-            f"{manifest.max_length}"
-        )
-        lengths = sorted({min(n, manifest.max_length) for n in lengths})
-    encoder = TextEncoder(artifact, manifest.max_length, manifest.instruction_template)
-
-    def count(texts: list[str]) -> list[int]:
-        return [len(r) for r in encoder.encode(texts, warn=False).ids]
-
+    device, note = speed_device(device, manifest.precision)
+    if encoder is None:
+        encoder = getattr(runtime, task.runtime_class)(artifact, device=device).encoder
     pool = pool or BUILTIN_TEXTS
-    cells: list[dict[str, Any]] = []
-    for length in lengths:
-        texts_all = make_texts(count, pool, length, max(batch_sizes), offset=length)
-        for i, b in enumerate(batch_sizes):
-            texts = texts_all[:b]
-            cells.append(
-                {
-                    "batch_size": b,
-                    "length": length,
-                    "texts": texts,
-                    "tokens": int(sum(count(texts))),
-                    "first_of_length": i == 0,
-                }
-            )
-    base = {
-        "artifact": str(artifact),
-        "reference": reference,
+    lengths, cells, notes = grid_cells(
+        task.name,
+        encoder,
+        pool,
+        sorted(set(lengths or DEFAULT_LENGTHS[task.name])),
+        batch_sizes,
+        manifest.max_length,
+    )
+    notes += [note] if note else []
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        if task.name == "rerank" and not Path(reference).is_dir():
+            from .checks_rerank import reference_folder
+
+            reference = str(reference_folder(reference, artifact, manifest, stack))
+        base = {
+            "task": task.name,
+            "artifact": str(artifact),
+            "reference": reference,
+            "device": device,
+            "cells": cells,
+            "repeats": repeats,
+            "warmup": warmup,
+            "max_length": manifest.max_length,
+        }
+        with tqdm(
+            total=len(cells) * len(engines), desc="speed", disable=not progress, leave=False
+        ) as bar:
+            for engine in engines:
+                results[engine] = _run_engine({**base, "engine": engine}, bar)
+    providers = results.get("onnxruntime", {}).get("load", {}).get("providers", [])
+    on_cuda = bool(providers) and providers[0] == "CUDAExecutionProvider"
+    peak = gpu_peak_flops(gpu_name, manifest.precision) if on_cuda else None
+    return {
+        "task": task.name,
+        "unit": task.unit,
         "device": device,
-        "cells": cells,
+        "providers": providers,
+        "batch_sizes": batch_sizes,
+        "lengths": lengths,
         "repeats": repeats,
         "warmup": warmup,
+        "texts": "built-in sentences" if pool is BUILTIN_TEXTS else "--texts",
+        "engines": {e: results[e]["load"] for e in engines},
+        "grid": _grid(artifact, manifest, cells, engines, results, peak),
+        "gpu_peak_flops": peak,
+        "mfu_note": None if peak else "MFU is computed on CUDA for known GPUs only",
+        "notes": notes,
     }
-    results: dict[str, Any] = {}
-    with tqdm(
-        total=len(cells) * len(engines), desc="speed", disable=not progress, leave=False
-    ) as bar:
-        for engine in engines:
-            results[engine] = _run_engine({**base, "engine": engine}, bar)
+
+
+def _grid(
+    artifact: Path,
+    manifest: Any,
+    cells: list[dict[str, Any]],
+    engines: tuple[str, ...],
+    results: dict[str, Any],
+    peak: float | None,
+) -> list[dict[str, Any]]:
+    """One row per cell: each engine's numbers, the speedup, FLOPs per token, MFU."""
     dense = matmul_flops_per_token(artifact / manifest.graph_file)
-    peak = gpu_peak_flops(gpu_name, manifest.precision) if device == "cuda" else None
     grid = []
     for i, cell in enumerate(cells):
         row: dict[str, Any] = {"batch_size": cell["batch_size"], "length": cell["length"]}
@@ -339,19 +343,52 @@ def run_speed(
             for engine in engines:
                 row[engine]["mfu"] = fpt * row[engine]["tokens_per_s"] / peak
         grid.append(row)
-    return {
-        "device": device,
-        "batch_sizes": batch_sizes,
-        "lengths": lengths,
-        "repeats": repeats,
-        "warmup": warmup,
-        "texts": "built-in sentences" if pool is BUILTIN_TEXTS else "--texts",
-        "engines": {e: results[e]["load"] for e in engines},
-        "grid": grid,
-        "gpu_peak_flops": peak,
-        "mfu_note": None if peak else "MFU is computed on CUDA for known GPUs only",
-        "notes": notes,
+    return grid
+
+
+def measure_rows(
+    engine: str,
+    artifact: str | Path,
+    reference: str | Path,
+    rows: list[list[int]],
+    *,
+    batch_size: int = 8,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """One engine (`ENGINES`, or `CARD_ENGINE` for a reranker) alone in its own process over
+    given token rows (batches of `batch_size`): the cell's numbers, its load (peak RSS after
+    load, providers or device) and the last timed call's output ("outputs", numpy)."""
+    from ..manifest import load_manifest
+
+    manifest = load_manifest(artifact)
+    cell = {
+        "batch_size": batch_size,
+        "length": max(len(r) for r in rows),
+        "rows": rows,
+        "tokens": int(sum(len(r) for r in rows)),
+        "first_of_length": True,
     }
+    with tempfile.TemporaryDirectory(prefix="qexport-speed.") as tmp:
+        cfg = {
+            "task": manifest.task,
+            "engine": engine,
+            "artifact": str(artifact),
+            "reference": str(reference),
+            "device": device,
+            "cells": [cell],
+            "repeats": repeats,
+            "warmup": warmup,
+            "max_length": manifest.max_length,
+            "outputs": tmp,
+        }
+        from tqdm.auto import tqdm
+
+        with tqdm(total=1, disable=True) as bar:
+            got = _run_engine(cfg, bar)
+        outputs = np.load(Path(tmp) / "0.npy")
+    return {**got["cells"][0], "load": got["load"], "outputs": outputs}
 
 
 if __name__ == "__main__":

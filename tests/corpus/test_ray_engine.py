@@ -28,6 +28,11 @@ WORDS = "river stone quiet lamp orbit maple signal harbor velvet ember".split()
 # ------------------------------------------------------------------ no Ray needed
 
 
+def _beside(folder):  # type: ignore[no-untyped-def]
+    """An output folder next to the input folder (inside it, the input would read it back)."""
+    return folder.with_name(folder.name + "-out")
+
+
 @pytest.mark.parametrize(
     ("spec", "want"), [(None, None), ("3", (3, 3)), ("1:4", (1, 4)), (2, (2, 2))]
 )
@@ -57,7 +62,7 @@ def test_input_files_errors(tmp_path):
 def test_actor_plan_keeps_cpus_for_ray_data(tmp_path, cpus, actors, resuming):
     """Ray Data's read, repartition, write (and, resuming, checkpoint filter) operators keep
     a CPU each; the actors share what is left, each with at least one onnxruntime thread."""
-    job = make_job(artifact=tmp_path, input=tmp_path, output=tmp_path / "o", actors=actors)
+    job = make_job(artifact=tmp_path, input=tmp_path, output=_beside(tmp_path), actors=actors)
     plan = actor_plan(job, cpus=cpus, gpus=0, node_cpus=cpus, resuming=resuming)
     reserved = IO_CPUS + resuming
     assert plan.hi * plan.cpus <= cpus - reserved and plan.cpus > 0 and plan.threads >= 1
@@ -65,12 +70,12 @@ def test_actor_plan_keeps_cpus_for_ray_data(tmp_path, cpus, actors, resuming):
 
 
 def test_actor_plan_refuses_what_the_cluster_lacks(tmp_path):
-    job = make_job(artifact=tmp_path, input=tmp_path, output=tmp_path / "o", gpus_per_actor=1)
+    job = make_job(artifact=tmp_path, input=tmp_path, output=_beside(tmp_path), gpus_per_actor=1)
     with pytest.raises(RuntimeError, match="--gpus-per-actor 1 but the Ray cluster has 0 GPU"):
         actor_plan(job, cpus=8, gpus=0, node_cpus=8, resuming=False)
     plan = actor_plan(job, cpus=8, gpus=2, node_cpus=8, resuming=False)
     assert (plan.lo, plan.hi, plan.cpus) == (1, 2, None)  # one actor per GPU, Ray's CPU
-    many = make_job(artifact=tmp_path, input=tmp_path, output=tmp_path / "o", actors="40")
+    many = make_job(artifact=tmp_path, input=tmp_path, output=_beside(tmp_path), actors="40")
     with pytest.raises(RuntimeError, match="keeps 3 for Ray Data's read"):
         actor_plan(many, cpus=6, gpus=0, node_cpus=6, resuming=False)
 

@@ -10,7 +10,7 @@ import pytest
 
 from qexport.export.api import ExportOptions, export_onnx
 from qexport.export.families import SPECS, UnsupportedModelError, family_for
-from qexport.export.random_folders import write_folder
+from qexport.export.random import write_checkpoint as write_folder
 from qexport.export.source import SourceError, resolve
 from tests.conftest import QWEN_06B, SHARED, need_shared
 

@@ -21,7 +21,7 @@ from qexport.export.quantize import (
     QuantizationRefused,
     QuantOptions,
 )
-from qexport.export.quantize.calibration import Batches, load_texts
+from qexport.export.quantize.calibration import Runner, load_texts
 from qexport.export.quantize.dynamic import quantize_per_channel
 from qexport.export.quantize.matmul_nbits import apply_matmul_nbits
 from qexport.export.quantize.smoothquant import apply_smoothing, group_targets, smoothing_factors
@@ -293,10 +293,13 @@ def test_empty_calibration_file(tmp_path):
 
 def test_batches_cover_every_text_once(tmp_path):
     src = resolve("random:qwen3-tiny")
-    enc = write_tokenizer(src, tmp_path, 512, encoder=True)
-    assert enc is not None
-    b = Batches.build(enc, BUILTIN_TEXTS, ["input_ids", "attention_mask"])
-    idx = np.concatenate([i for i, _ in b.batches])
+    rows = write_tokenizer(src, tmp_path, 512, rows=True)
+    assert rows is not None and len(rows) == len(BUILTIN_TEXTS)
+    model, _, _ = build_model(src, ExportOptions(), 512)
+    ir.save(model, tmp_path / "model.onnx")
+    runner = Runner(tmp_path / "model.onnx", "cpu", "fp32", "sentence_embedding", rows)
+    batches = runner.batches()
+    idx = np.concatenate([i for i, _ in batches])
     assert sorted(idx.tolist()) == list(range(len(BUILTIN_TEXTS)))
-    for _, f in b.batches:
+    for _, f in batches:
         assert f["input_ids"].shape == f["attention_mask"].shape

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qexport.export.api import ExportOptions, export_onnx
-from qexport.export.random_models import REGISTRY
+from qexport.export.random import REGISTRY
 from qexport.runtime import Embedder
 from qexport.validate.reference import TorchReference
 from tests.conftest import QWEN_06B, cosines, need_shared

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qexport.export.random_models import REGISTRY, random_source
+from qexport.export.random import REGISTRY, random_weights
 from qexport.export.weights import BF16, bf16_to_fp32, convert, fp32_to_bf16
 
 
@@ -21,7 +21,7 @@ def test_bf16_round_trip_bit_exact():
 
 def test_random_weights_are_deterministic_per_tensor():
     model = REGISTRY["qwen3-tiny"]
-    a, b = random_source(model), random_source(model)
+    a, b = random_weights(model), random_weights(model)
     names = a.keys()
     # any tensor alone, in any order, gives the same bytes
     for name in (names[-1], names[0], names[5]):

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from qexport.export.api import ExportOptions, export_onnx
-from qexport.export.random_folders import write_folder
+from qexport.export.random import write_checkpoint as write_folder
 from qexport.runtime import Embedder
 from qexport.runtime.tokenize import pad_right
 from tests.conftest import cosines

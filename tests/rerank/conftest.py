@@ -33,11 +33,11 @@ def reranker_tokenizer() -> Path:
 
 @pytest.fixture(scope="session")
 def rerank_ckpt(tmp_path_factory: pytest.TempPathFactory, reranker_tokenizer: Path) -> Path:
-    from qexport.export.random_rerank import write_random_reranker
+    from qexport.export.random import write_checkpoint
 
     # named like the hub model so that the export recognises it without --task
     folder = tmp_path_factory.mktemp("ckpt") / "Qwen3-Reranker-tiny-random"
-    return write_random_reranker("qwen3-reranker-tiny", folder, tokenizer=reranker_tokenizer)
+    return write_checkpoint("qwen3-reranker-tiny", folder, tokenizer=reranker_tokenizer)
 
 
 def _export(folder: Path, out: Path, **kw) -> Path:  # type: ignore[no-untyped-def]

@@ -4,15 +4,21 @@ in PyTorch fp32 (qexport.validate.rerank_reference, which shares no code with th
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from safetensors.numpy import load_file
 
-from qexport.export.api import ExportOptions, export_onnx
-from qexport.export.random_rerank import RERANKERS
-from qexport.export.rerank import wants_rerank
+from qexport.export.api import ExportOptions, export_onnx, task_for
+from qexport.export.quantize import QuantOptions
+from qexport.export.random import REGISTRY
 from qexport.manifest import load_manifest
 from qexport.runtime import Embedder, Reranker
 from qexport.runtime.session import DeviceError
@@ -47,9 +53,13 @@ def test_manifest_graph_and_head(rerank_ckpt, rerank_fp32):
     m = load_manifest(rerank_fp32, verify=True)
     assert m.task == "rerank" and m.source["kind"] == "folder"  # auto-detected, no --task
     r = m.rerank
-    assert r["prefix_ids"] == PREFIX_IDS and r["suffix_ids"] == SUFFIX_IDS
-    assert (r["yes_id"], r["no_id"], r["pad_id"]) == (9693, 2152, 151643)
-    assert r["max_body_tokens"] == 8192 - 39 - 9 and m.max_length == 8192
+    assert r is not None and r.prefix_ids == PREFIX_IDS and r.suffix_ids == SUFFIX_IDS
+    assert (r.yes_id, r.no_id, r.pad_id) == (9693, 2152, 151643)
+    assert r.max_body_tokens == 8192 - 39 - 9 and m.max_length == 8192
+    # a typed record per task: no embedding fields in a rerank manifest
+    data = json.loads((rerank_fp32 / "qexport.json").read_text())
+    assert m.embedding is None and not {"pooling", "embedding_dim", "similarity"} & set(data)
+    assert set(m.timings_s) >= {"resolve", "build graph", "tokenizer", "write weights"}
     assert [(o.name, o.shape) for o in m.outputs] == [("score", ["batch"]), ("logit", ["batch"])]
     model = onnx.load(str(rerank_fp32 / "model.onnx"))
     assert [o.name for o in model.graph.output] == ["score", "logit"]
@@ -144,7 +154,8 @@ def test_int8_refused_when_bar_impossible(rerank_ckpt, tmp_path):
     out = tmp_path / "int8-tight"
     with pytest.raises(QuantizationRefused, match="int8 refused: max \\|log-odds difference\\|"):
         export_onnx(str(rerank_ckpt), out,
-                    ExportOptions(progress=False, precision="int8", max_logodds_diff=1e-7))  # fmt: skip
+                    ExportOptions(progress=False, precision="int8",
+                                  quant=QuantOptions(max_logodds_diff=1e-7)))  # fmt: skip
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written left
 
 
@@ -169,17 +180,28 @@ def test_unsupported_options_refused(rerank_ckpt, tmp_path):
 
 
 def test_task_detection(rerank_ckpt, tmp_path):
-    assert wants_rerank(str(rerank_ckpt), None) and wants_rerank(
-        "random:qwen3-reranker-0.6b", "auto"
+    def task(model, option=None):  # type: ignore[no-untyped-def]
+        return task_for(model, option).name
+
+    assert (
+        task(str(rerank_ckpt)) == "rerank"
+        and task("random:qwen3-reranker-0.6b", "auto") == "rerank"
     )
-    assert wants_rerank("Qwen/Qwen3-Reranker-4B", None)
-    assert not wants_rerank("Qwen/Qwen3-Embedding-0.6B", None)
-    assert not wants_rerank(str(rerank_ckpt), "embed")
+    assert task("Qwen/Qwen3-Reranker-4B") == "rerank"
+    assert task("Qwen/Qwen3-Embedding-0.6B") == "embed"
+    assert task(str(rerank_ckpt), "embed") == "embed"
+    assert task("random:qwen3-tiny") == "embed"
     renamed = tmp_path / "some-qwen3"  # same files, no "reranker" in the name: not guessed
     renamed.symlink_to(rerank_ckpt, target_is_directory=True)
-    assert not wants_rerank(str(renamed), None) and wants_rerank(str(renamed), "rerank")
+    assert task(str(renamed)) == "embed" and task(str(renamed), "rerank") == "rerank"
     with pytest.raises(ValueError, match="cannot be exported with --task embed"):
-        wants_rerank("random:qwen3-reranker-tiny", "embed")
+        task_for("random:qwen3-reranker-tiny", "embed")
+    with pytest.raises(ValueError, match="cannot be exported with --task rerank"):
+        task_for("random:qwen3-tiny", "rerank")
+    with pytest.raises(
+        ValueError, match="unknown task 'classify'; choose from auto, embed, rerank"
+    ):
+        task_for("random:qwen3-tiny", "classify")
 
 
 def test_embed_and_rerank_artifacts_refuse_each_other(rerank_fp32, tiny_artifact):
@@ -196,7 +218,7 @@ def test_registry_matches_published_configs():
             "max_position_embeddings", "tie_word_embeddings", "architectures", "eos_token_id")  # fmt: skip
     for size in ("0.6B", "4B"):
         real = json.loads((root / size / "config.json").read_text())
-        ours = RERANKERS[f"qwen3-reranker-{size.lower()}"].config()
+        ours = REGISTRY[f"qwen3-reranker-{size.lower()}"].config
         assert {k: ours[k] for k in keys} == {k: real[k] for k in keys}, size
 
 
@@ -204,10 +226,10 @@ def test_registry_matches_published_configs():
 def test_exact_06b_architecture_truncated(tmp_path, reranker_tokenizer):
     """The 0.6B widths (hidden 1024, 16/8 heads of 128, FFN 3072, vocab 151,669, tied) with
     2 of its 28 layers, written as a hub checkpoint and exported from the folder."""
-    from qexport.export.random_rerank import write_random_reranker
+    from qexport.export.random import write_checkpoint
     from qexport.validate.rerank_reference import CardReranker
 
-    ckpt = write_random_reranker("qwen3-reranker-0.6b", tmp_path / "Qwen3-Reranker-0.6B-l2",
+    ckpt = write_checkpoint("qwen3-reranker-0.6b", tmp_path / "Qwen3-Reranker-0.6B-l2",
                                  layers=2, tokenizer=reranker_tokenizer)  # fmt: skip
     out = tmp_path / "q06"
     export_onnx(str(ckpt), out, ExportOptions(progress=False))
@@ -256,3 +278,47 @@ def test_auto_detection_reads_the_family_spec(tmp_path, config, name, want):
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert is_reranker_folder(tmp_path, name) is want
+
+
+def test_sigkill_during_weight_conversion_then_rerun_cleans_up(tmp_path, reranker_tokenizer):
+    """A rerank export killed while its random checkpoint is being written leaves only its
+    staging folder (the checkpoint is inside it), which the next run on the same output
+    removes: nothing else beside OUT, nothing half-written."""
+    out = tmp_path / "out"
+    env = dict(os.environ, QEXPORT_SHARED=str(reranker_tokenizer.parents[1]))
+    cmd = [sys.executable, "-m", "qexport.cli", "-q", "onnx", "random:qwen3-reranker-tiny",
+           "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    shards: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        shards = list(tmp_path.rglob("*.safetensors"))  # wherever the export writes it
+        if shards:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    assert shards and proc.returncode == -signal.SIGKILL, "the export finished before the kill"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 1 and left[0].startswith(".out.qexport-") and left[0].endswith(".partial")
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert load_manifest(out, verify=True).task == "rerank"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not any(p.suffix == ".safetensors" for p in out.rglob("*"))
+
+
+def test_v1_rerank_manifest_from_main_opens_and_scores(rerank_int8, tmp_path):
+    """An int8 rerank artifact whose qexport.json is exactly what main (schema 1) wrote for
+    random:qwen3-reranker-tiny int8 opens in today's Reranker and scores as its own does."""
+    import shutil
+
+    from tests.test_manifest import v1_manifest
+
+    folder = tmp_path / "v1"
+    shutil.copytree(rerank_int8, folder)
+    (folder / "qexport.json").write_text(json.dumps(v1_manifest("rerank")))
+    old = Reranker(folder, device="cpu")
+    assert old.manifest.embedding is None and old.pad_id == 151643
+    ours = Reranker(rerank_int8, device="cpu")
+    assert np.array_equal(old.logits(QUERIES[0], DOCS), ours.logits(QUERIES[0], DOCS))

@@ -103,9 +103,8 @@ def test_manifest_without_task_loads_as_embed(tiny_artifact):
     from qexport.manifest import MANIFEST_NAME, Manifest
 
     data = json.loads((tiny_artifact / MANIFEST_NAME).read_text())
-    assert data["task"] == "embed" and data["rerank"] is None
-    for key in ("task", "rerank"):  # a manifest written before rerankers existed
-        del data[key]
+    assert data["task"] == "embed" and "rerank" not in data
+    del data["task"]  # a manifest written before rerankers existed
     m = Manifest.from_dict(data)
     assert m.task == "embed" and m.rerank is None
 
@@ -113,7 +112,8 @@ def test_manifest_without_task_loads_as_embed(tiny_artifact):
 def test_long_documents_tokenised_from_a_prefix_match_the_whole(rr):
     """A document far past max_length is tokenised only as far as its pair can hold; the kept
     ids equal tokenising the whole body (tokenizers, no qexport code) and cutting it."""
-    from qexport.runtime.reranker import CLIP_CHARS_PER_TOKEN, MARGIN, TokenLimitError
+    from qexport.runtime.reranker import TokenLimitError
+    from qexport.runtime.tokenize import CLIP_CHARS_PER_TOKEN, MARGIN
 
     enc = rr.encoder
     clip = CLIP_CHARS_PER_TOKEN * (enc.body_budget + MARGIN)

@@ -41,6 +41,14 @@ def test_bad_dim(emb):
         emb.embed(["x"], dim=100)
 
 
+@pytest.mark.parametrize("dim", [64.0, "64", True])
+def test_dim_of_another_type_is_a_value_error(emb, dim):
+    """Issue 27 item 9: dim=64.0 raised TypeError (slice indices) from deep inside."""
+    with pytest.raises(ValueError, match="dim must be an integer"):
+        emb.embed(["x"], dim=dim)
+    assert emb.embed(["x"], dim=np.int64(64)).shape == (1, 64)
+
+
 def test_output_contract(emb):
     out = emb.embed(["a", "bb", "ccc"])
     assert out.dtype == np.float32 and out.shape == (3, 128)

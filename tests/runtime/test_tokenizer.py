@@ -73,3 +73,36 @@ def test_reference_cases(encoder):
     for text, line in zip(inputs, outputs, strict=True):
         want = [int(x) for x in line.split()]
         assert encoder.tokenizer.encode(text, add_special_tokens=False).ids == want, repr(text)
+
+
+def _long_text(chars: int) -> str:
+    return ("Zürich café 東京 naïve data, the quick brown fox 12345. " * (chars // 40 + 1))[:chars]
+
+
+@pytest.mark.parametrize("max_length", [16, 300])
+def test_a_long_text_is_tokenised_from_a_prefix_with_the_same_ids(qwen_tokenizer_dir, max_length):
+    """Issue 27 item 3: a text past TextEncoder.clip_chars is tokenised from a prefix only,
+    and keeps exactly the ids transformers keeps when it tokenises the whole text."""
+    from transformers import AutoTokenizer
+
+    enc = TextEncoder(qwen_tokenizer_dir, max_length, TEMPLATE)
+    text = _long_text(50 * enc.clip_chars)
+    hf = AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir))
+    want = hf([text], truncation=True, max_length=max_length)["input_ids"][0]
+    with pytest.warns(UserWarning, match=r"truncated: at least \d+ token\(s\) dropped"):
+        out = enc.encode([text, "short"])
+    assert out.ids[0] == want and out.clipped == 1
+    assert out.ids[1] == hf(["short"])["input_ids"][0]
+    assert 0 < out.dropped < len(hf([text])["input_ids"][0]) - max_length
+
+
+def test_a_long_text_keeps_wordpiece_ids_and_type_ids(minilm_dir):
+    from transformers import AutoTokenizer
+
+    enc = TextEncoder(minilm_dir, 256, None)
+    text = _long_text(20 * enc.clip_chars)
+    hf = AutoTokenizer.from_pretrained(str(minilm_dir))
+    want = hf([text], truncation=True, max_length=256)
+    out = enc.encode([text], warn=False)
+    assert out.ids[0] == want["input_ids"][0] and out.clipped == 1
+    assert out.type_ids[0] == want["token_type_ids"][0]

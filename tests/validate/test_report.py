@@ -30,6 +30,10 @@ def validate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def env_providers(r: dict) -> list[str]:
+    return r["environment"]["onnxruntime_providers_used"]
+
+
 def dataset_args() -> list[str]:
     if not SCIFACT.is_dir():
         return []
@@ -62,7 +66,8 @@ def test_tiny_qwen3_report(tiny_report):
     proc, folder, r = tiny_report
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS" in proc.stdout and "32 texts: cosine min" in proc.stdout.splitlines()[0]
-    assert r["schema"] == "qexport.validate.report" and r["schema_version"] == 1
+    assert r["schema"] == "qexport.validate.report" and r["schema_version"] == 2
+    assert r["task"] == "embed" and r["artifact"]["task"] == "embed"
     assert r["verdict"] == "pass" and r["failed"] == []
     checks = {c["name"]: c for c in r["checks"]}
     for name in ("finite", "cosine_min", "cosine_mean", "batch_cosine_min", "padding_cosine_min"):
@@ -84,6 +89,8 @@ def test_tiny_qwen3_report(tiny_report):
     # speed: both engines, every cell, real measurements
     sp = r["speed"]
     assert set(sp["engines"]) == {"onnxruntime", "pytorch"}
+    assert sp["task"] == "embed" and sp["unit"] == "text"
+    assert sp["providers"] == env_providers(r) and sp["engines"]["pytorch"]["device"] == "cpu"
     assert [(g["batch_size"], g["length"]) for g in sp["grid"]] == [
         (1, 8),
         (2, 8),
@@ -100,6 +107,7 @@ def test_tiny_qwen3_report(tiny_report):
             g["onnxruntime"]["tokens_per_s"] / g["pytorch"]["tokens_per_s"]
         )
         assert g["onnxruntime"]["tokens"] <= g["batch_size"] * g["length"]
+        assert g["onnxruntime"]["tokens"] == g["pytorch"]["tokens"]  # the same token rows
     # the PyTorch process holds torch: more resident memory than the onnxruntime-only one
     assert sp["engines"]["pytorch"]["rss_peak_mb"] > sp["engines"]["onnxruntime"]["rss_peak_mb"]
     env = r["environment"]
@@ -267,6 +275,12 @@ def test_minilm_retrieval(minilm_report):
     ("args", "needle"),
     [
         (["--thresholds", "cosine_minn=0.9"], "unknown threshold 'cosine_minn'"),
+        (
+            ["--thresholds", "logodds_max_diff=0.1"],
+            "unknown threshold 'logodds_max_diff' for an embedding artifact (it is a rerank "
+            "one); known: cosine_min, cosine_mean,",
+        ),
+        (["--thresholds", "cosine_min=inf"], "is not a finite number"),
         (["--thresholds", "cosine_min=high"], "is not a number"),
         (["--dataset", "/no/such/beir"], "does not exist"),
         (["--texts", "/no/such/texts.txt"], "texts file '/no/such/texts.txt' does not exist"),

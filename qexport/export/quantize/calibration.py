@@ -1,8 +1,9 @@
-"""Calibration and check texts, and running a float or quantized graph on them.
+"""Calibration and check rows (texts, or query-document pairs), and running a float or
+quantized graph on them through the runtime's one row loop (`runtime.core.RowRunner`).
 
 The float graph is written once to a scratch folder (the same writer as the artifact, so
 weights are materialised one at a time) with the activations a pass asks for added as
-extra outputs; one run gives the float embeddings (the reference for the check) and the
+extra outputs; one run gives the float outputs (the reference for the check) and the
 per-channel |max| of each captured activation over real (unpadded) tokens.
 """
 
@@ -19,9 +20,10 @@ import numpy as np
 import onnx_ir as ir
 
 from ...manifest import GRAPH_NAME
-from ...runtime.batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
+from ...runtime.batching import DEFAULT_MAX_BATCH_TOKENS
+from ...runtime.core import RowRunner
 from ...runtime.session import create_session
-from ...runtime.tokenize import TextEncoder, pad_right
+from ...runtime.tokenize import TextEncoder
 from ...texts import BUILTIN_TEXTS
 from ..artifact import save_graph
 
@@ -50,63 +52,63 @@ def load_texts(path: str | Path | None) -> list[str]:
 
 
 @dataclass
-class Batches:
-    """Tokenised texts, grouped by length into right-padded batches."""
+class Rows:
+    """The token rows the float and quantized graphs run on: a row per calibration text
+    (embed) or per check pair (rerank, `groups`: pairs per query)."""
 
-    input_names: list[str]
-    batches: list[tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
-    n_texts: int = 0
+    ids: list[list[int]]
+    type_ids: list[list[int]] | None = None
+    pad_id: int = 0
+    groups: list[int] = field(default_factory=list)
 
     @classmethod
-    def build(
-        cls,
-        encoder: TextEncoder,
-        texts: Sequence[str],
-        input_names: Sequence[str],
-        batch_size: int | None = None,
-    ) -> Batches:
-        """The runtime's batches (plan_batches: at most `batch_size` rows, the default token
-        budget), or (None) batches of at most TOKENS_PER_BATCH padded tokens."""
+    def from_texts(cls, encoder: TextEncoder, texts: Sequence[str]) -> Rows:
         enc = encoder.encode(list(texts), warn=False)
-        lengths = [len(r) for r in enc.ids]
-        out = cls(list(input_names), n_texts=len(texts))
-        budget = DEFAULT_MAX_BATCH_TOKENS if batch_size else TOKENS_PER_BATCH
-        for idx in plan_batches(lengths, budget, batch_size or len(lengths)):
-            ids, mask = pad_right([enc.ids[i] for i in idx])
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in input_names:
-                feed["token_type_ids"] = pad_right([enc.type_ids[i] for i in idx])[0]
-            out.batches.append((idx, {k: v for k, v in feed.items() if k in input_names}))
-        return out
+        return cls(enc.ids, enc.type_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class Runner:
-    """An onnxruntime session over a saved graph, fed with `Batches`."""
+    """An onnxruntime session over a saved graph, run on `Rows` by two `RowRunner`s over it:
+    calibration batches of at most TOKENS_PER_BATCH padded tokens (the captured activations
+    come back too), and check batches as the runtime makes them (CHECK_BATCH rows, the
+    default token budget)."""
 
-    def __init__(self, graph: Path, device: str, precision: str) -> None:
+    def __init__(self, graph: Path, device: str, precision: str, output: str, rows: Rows):
         self.session = create_session(graph, device, precision)
+        self.rows = rows
 
-    def embed(self, batches: Batches) -> np.ndarray:
-        out: np.ndarray | None = None
-        for idx, feed in batches.batches:
-            (emb,) = self.session.run(["sentence_embedding"], feed)
-            if out is None:
-                out = np.empty((batches.n_texts, emb.shape[1]), dtype=np.float32)
-            out[idx] = emb
-        assert out is not None
-        if not np.isfinite(out).all():
-            raise FloatingPointError("the graph produced NaN/Inf on the check texts")
-        return out
+        def runner(budget: int) -> RowRunner:
+            return RowRunner(self.session, output, pad_id=rows.pad_id, max_batch_tokens=budget,
+                             unit="check row", precision=precision)  # fmt: skip
+
+        self.calibration = runner(TOKENS_PER_BATCH)
+        self.check = runner(DEFAULT_MAX_BATCH_TOKENS)
+
+    def outputs(self, *, calibration: bool = False) -> np.ndarray:
+        """The graph's output per row, in row order, NaN/Inf checked."""
+        if calibration:
+            return self.calibration.run(
+                self.rows.ids, self.rows.type_ids, batch_size=len(self.rows)
+            )
+        return self.check.run(self.rows.ids, self.rows.type_ids, batch_size=CHECK_BATCH)
+
+    def batches(self) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        rows = self.rows
+        return self.calibration.prepare(rows.ids, rows.type_ids, batch_size=len(rows)).batches
 
     def activations(
-        self, batches: Batches, names: Sequence[str], sample_rows: int = 256, seed: int = 0
+        self, names: Sequence[str], sample_rows: int = 256, seed: int = 0
     ) -> dict[str, ActivationStats]:
         """Per-channel |max|, the tensor's min/max and a sample of token rows for each named
         activation, over unpadded tokens ([B, S, C]) or texts ([B, C], after pooling)."""
         rng = np.random.default_rng(seed)
-        per_batch = max(1, sample_rows // max(1, len(batches.batches)))
+        batches = self.batches()
+        per_batch = max(1, sample_rows // max(1, len(batches)))
         stats: dict[str, ActivationStats] = {}
-        for _idx, feed in batches.batches:
+        for _idx, feed in batches:
             outs = self.session.run(list(names), feed)
             real = feed["attention_mask"].astype(bool)
             rows: dict[int, np.ndarray] = {}  # one sample of row indices per row count
@@ -120,11 +122,11 @@ class Runner:
                 st.add(a.reshape(-1, a.shape[-1]), x[rows[len(x)]])
         return stats
 
-    def hessians(self, batches: Batches, names: Sequence[str]) -> dict[str, np.ndarray]:
+    def hessians(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """H = X^T X [C, C] (float32) of each named activation over the unpadded tokens
         ([B, S, C]) or the texts ([B, C], a Dense head after pooling): what GPTQ needs."""
         out: dict[str, np.ndarray] = {}
-        for _idx, feed in batches.batches:
+        for _idx, feed in self.batches():
             real = feed["attention_mask"].astype(bool)
             for name, arr in zip(names, self.session.run(list(names), feed), strict=True):
                 x = _real_rows(np.asarray(arr, dtype=np.float32), real)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bars import BARS, QUANT_PRECISIONS
+from ...tasks import EMBED, Task
+from ..bars import BARS, LOGODDS_BARS, QUANT_PRECISIONS, TOP3_OVERLAP_BARS
+from .check import CosineCheck, LogOddsCheck
 from .gptq import DAMP
 
 BITS = {"int8": 8, "int4": 4}
@@ -32,7 +34,8 @@ class QuantOptions:
     accuracy_level: int | None = None  # None: 4 on CPU, unset (0) for CUDA
     calibration: str | Path | None = None  # a text per line; None: qexport.texts.BUILTIN_TEXTS
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9)  # SmoothQuant strengths tried per group
-    min_cosine: float | None = None  # None: BARS[precision]
+    min_cosine: float | None = None  # embed: None: BARS[precision]
+    max_logodds_diff: float | None = None  # rerank: None: LOGODDS_BARS[precision]
     check: bool = True  # run the check texts (int8-dynamic always calibrates)
 
 
@@ -55,7 +58,7 @@ class Plan:
     precision: str
     device: str  # the target: cpu or cuda
     base: str  # the float graph's precision: fp32 (cpu) or fp16 (cuda)
-    bar: float  # min cosine vs the float graph on the check texts
+    gate: CosineCheck | LogOddsCheck  # the task's metric and bars vs the float graph
     method: str  # MatMulNBits weights: rtn or gptq
     symmetric: bool
     check: bool
@@ -77,12 +80,12 @@ class Plan:
         return self.check or self.precision == "int8-dynamic" or self.method == "gptq"
 
 
-def make_plan(precision: str, device: str, opts: QuantOptions) -> Plan:
-    """Validate `opts` for `precision` on `device` and fill in the defaults."""
+def make_plan(precision: str, device: str, opts: QuantOptions, task: Task = EMBED) -> Plan:
+    """Validate `opts` for `precision` on `device` and `task`, and fill in the defaults."""
     if precision not in QUANT_PRECISIONS:
         raise ValueError(f"{precision!r} is not a quantized precision ({QUANT_PRECISIONS})")
     base = base_precision(precision, device)
-    bar = BARS[precision] if opts.min_cosine is None else opts.min_cosine
+    gate = _gate(precision, opts, task)
     method = opts.method or DEFAULT_METHOD.get(precision, "rtn")
     if method not in METHODS:
         raise ValueError(f"quantization method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -92,7 +95,30 @@ def make_plan(precision: str, device: str, opts: QuantOptions) -> Plan:
         symmetric = DEFAULT_SYMMETRIC.get(precision, True) if method == "gptq" else True
     if not symmetric and method != "gptq":
         raise ValueError("asymmetric (zero-point) weights are made by the gptq method only")
-    return Plan(precision, device, base, bar, method, symmetric, opts.check, opts.damp)
+    if task.input_format != "text" and (method != "rtn" or opts.calibration is not None):
+        raise ValueError(
+            f"--task {task.name} {precision} uses round-to-nearest symmetric blocks, checked on "
+            f"built-in {task.unit}s (no --method gptq, no --calibration)"
+        )
+    return Plan(precision, device, base, gate, method, symmetric, opts.check, opts.damp)
+
+
+def _gate(precision: str, opts: QuantOptions, task: Task) -> CosineCheck | LogOddsCheck:
+    """The check of the task's metric (`tasks.Task.metric`) with its bars (`bars.py`)."""
+    if task.metric == "cosine":
+        if opts.max_logodds_diff is not None:
+            raise ValueError(
+                f"--max-logodds-diff is a rerank bar; --task {task.name} has --min-cosine"
+            )
+        return CosineCheck(BARS[precision] if opts.min_cosine is None else opts.min_cosine)
+    if opts.min_cosine is not None:
+        raise ValueError(
+            f"--min-cosine is an embedding bar; --task {task.name} has --max-logodds-diff"
+        )
+    bar = LOGODDS_BARS[precision] if opts.max_logodds_diff is None else opts.max_logodds_diff
+    if bar <= 0:
+        raise ValueError(f"--max-logodds-diff must be > 0, got {bar}")
+    return LogOddsCheck(bar, TOP3_OVERLAP_BARS[precision])
 
 
 def nbits_settings(plan: Plan, opts: QuantOptions) -> dict[str, int]:

@@ -51,7 +51,7 @@ def quantize_weight_only(
     if plan.method == "gptq":
         assert texts is not None
         info["gptq"] = {
-            "calibration_texts": texts.calibration.n_texts,
+            "calibration_texts": len(texts.rows),
             "damp": plan.damp,
             "clip_ratios": list(CLIP_RATIOS),
         }

@@ -1,15 +1,15 @@
-"""Built-in random models (`random:<name>`): exact Qwen3 architectures with seeded weights,
-made locally so that everything runs offline. Never downloaded.
+"""Qwen3 shapes for the random models (`random/__init__.py` lists them): the configs, and the
+seeded weights of an embedding model (generated while the graph is written) or of a reranker
+(written as a hub checkpoint first, `hub.write_checkpoint`). Never downloaded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .weights import RandomSource, normal
+from ..weights import RandomSource, normal
 
 QWEN3_BASE: dict[str, Any] = {
     "architectures": ["Qwen3Model"],
@@ -30,14 +30,6 @@ QWEN3_BASE: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class RandomModel:
-    name: str
-    config: dict[str, Any]
-    seed: int = 0
-    stress: bool = False  # plant massive residual activations (fp16 overflow stress)
-
-
 # config.json keys of a Qwen3 size, in the order of `qwen3_config`'s shape
 SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads",
               "num_key_value_heads", "head_dim", "intermediate_size")  # fmt: skip
@@ -53,31 +45,6 @@ def qwen3_config(
     cfg.update(kw)
     return cfg
 
-
-REGISTRY: dict[str, RandomModel] = {
-    m.name: m
-    for m in (
-        # 2 layers, hidden 128, 4/2 heads
-        RandomModel("qwen3-tiny", qwen3_config(QWEN3_BASE, (2, 128, 4, 2, 32, 256))),
-        # qwen3-tiny's shape, 4 layers, with massive residual activations (> fp16 max)
-        RandomModel("qwen3-stress", qwen3_config(QWEN3_BASE, (4, 128, 4, 2, 32, 256)), stress=True),
-        # the architectures of Qwen3-Embedding-0.6B, 4B, 8B
-        RandomModel("qwen3-embedding-0.6b", qwen3_config(QWEN3_BASE, (28, 1024, 16, 8, 128, 3072))),
-        RandomModel(
-            "qwen3-embedding-4b",
-            qwen3_config(QWEN3_BASE, (36, 2560, 32, 8, 128, 9728), vocab_size=151665),
-        ),
-        RandomModel(
-            "qwen3-embedding-8b",
-            qwen3_config(
-                QWEN3_BASE,
-                (36, 4096, 32, 8, 128, 12288),
-                tie_word_embeddings=False,
-                vocab_size=151665,
-            ),
-        ),
-    )
-}
 
 # Where the stress model plants its outlier: channel read by the MLP, channel written.
 STRESS_IN_CHANNEL = 3
@@ -162,9 +129,44 @@ def _plant_stress(source: RandomSource, cfg: dict[str, Any]) -> None:
     source.override("norm.weight", final_norm)
 
 
-def random_source(model: RandomModel, cfg: dict[str, Any] | None = None) -> RandomSource:
-    cfg = cfg or model.config
-    source = RandomSource(qwen3_weight_spec(cfg), seed=model.seed)
-    if model.stress:
+def qwen3_source(cfg: dict[str, Any], seed: int, stress: bool = False) -> RandomSource:
+    """An embedding model's weights (Qwen3Model names)."""
+    source = RandomSource(qwen3_weight_spec(cfg), seed=seed)
+    if stress:
         _plant_stress(source, cfg)
     return source
+
+
+# the published Qwen/Qwen3-Reranker-0.6B config.json (../shared/qwen3-reranker/0.6B)
+RERANKER_BASE: dict[str, Any] = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "max_position_embeddings": 40960,
+    "model_type": "qwen3",
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151669,
+}
+
+
+def reranker_source(cfg: dict[str, Any], seed: int) -> RandomSource:
+    """A reranker's weights (Qwen3ForCausalLM: `lm_head.weight` only when untied)."""
+    spec = qwen3_weight_spec(cfg)
+    h = cfg["hidden_size"]
+    # rows of std 1/sqrt(hidden): the yes-no logit of a unit-RMS hidden state is O(1), so
+    # random rerankers give scores spread over (0, 1) rather than saturated at 0 or 1
+    spec["embed_tokens.weight"] = ((cfg["vocab_size"], h), normal(h**-0.5))
+    if not cfg["tie_word_embeddings"]:
+        spec["lm_head.weight"] = ((cfg["vocab_size"], h), normal(h**-0.5))
+    return RandomSource(spec, seed=seed)

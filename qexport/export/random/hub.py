@@ -1,28 +1,33 @@
-"""Random checkpoints written in the hub's layout, for families whose head and tokenizer come
-from the checkpoint folder (`random:xlm-roberta-tiny`, `random:embeddinggemma-tiny`,
-`random:gemma3-stress`).
+"""Random checkpoints written in the hub's layout (`write_checkpoint`): the embedding models
+whose head and tokenizer come from the checkpoint folder (`random:xlm-roberta-tiny`,
+`random:embeddinggemma-tiny`, `random:gemma3-stress`) and the Qwen3 rerankers
+(`random:qwen3-reranker-*`).
 
 Each is a complete folder as the hub ships it: config.json, sharded bf16 safetensors with the
-published key names and an index, a tokenizer trained here with the `tokenizers` library
+published key names and an index, and a tokenizer: trained here with the `tokenizers` library
 (XLM-R: Unigram with `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3; Gemma: byte-level BPE with
-`<pad>`=0, `<eos>`=1, `<bos>`=2, `<unk>`=3, adding `<bos>` ... `<eos>`), and the
+`<pad>`=0, `<eos>`=1, `<bos>`=2, `<unk>`=3, adding `<bos>` ... `<eos>`), or for a reranker the
+real Qwen3-Reranker tokenizer (../shared, or --tokenizer). Embedding folders also get the
 sentence-transformers files (modules.json, 1_Pooling, Dense folders, Normalize,
 config_sentence_transformers.json, sentence_bert_config.json). Export resolves them as folders,
-and the tests load the same folder with SentenceTransformer. Never downloaded.
+and the tests load the same folder with SentenceTransformer or transformers. Never downloaded.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .weights import InitFn, RandomSource, normal
+from ..weights import InitFn, RandomSource, normal
+from .qwen3 import reranker_source
+from .spec import RandomModel
 
 # A small multilingual sample the tokenizers are trained on (deterministic, in-process).
 CORPUS = [
@@ -51,19 +56,6 @@ GEMMA_PROMPTS = {
     "STS": "task: sentence similarity | query: ",
     "Summarization": "task: summarization | query: ",
 }
-
-
-@dataclass(frozen=True)
-class RandomFolder:
-    name: str
-    family: str
-    config: dict[str, Any]
-    seed: int = 0
-    stress: bool = False
-    dense: tuple[int, ...] = ()  # Dense widths after pooling (no bias, identity)
-    pooling: str = "cls"
-    prompts: dict[str, str] = field(default_factory=dict)
-    max_seq_length: int = 512
 
 
 # -- tokenizers -------------------------------------------------------------------------------
@@ -255,7 +247,7 @@ def _column(w: np.ndarray, col: int, value: float) -> np.ndarray:
     return w
 
 
-# -- registry ---------------------------------------------------------------------------------
+# -- base configs ------------------------------------------------------------------------------
 
 XLMR_BASE: dict[str, Any] = {
     "architectures": ["XLMRobertaModel"],
@@ -290,7 +282,7 @@ GEMMA3_BASE: dict[str, Any] = {
     "use_bidirectional_attention": True,
     "torch_dtype": "bfloat16",
 }
-_GEMMA_TINY = dict(
+GEMMA_TINY = dict(
     GEMMA3_BASE,
     hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
     head_dim=32, query_pre_attn_scalar=48, num_hidden_layers=6, max_position_embeddings=2048,
@@ -298,47 +290,37 @@ _GEMMA_TINY = dict(
     layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
 )  # fmt: skip
 
-REGISTRY: dict[str, RandomFolder] = {
-    m.name: m
-    for m in (
-        RandomFolder(
-            "xlm-roberta-tiny", "xlm-roberta",
-            dict(XLMR_BASE, hidden_size=128, intermediate_size=256, num_attention_heads=4,
-                 num_hidden_layers=2, max_position_embeddings=8194),
-            pooling="cls", max_seq_length=8192,
-        ),
-        RandomFolder(
-            "embeddinggemma-tiny", "gemma3", _GEMMA_TINY,
-            pooling="mean", dense=(512, 128), prompts=GEMMA_PROMPTS, max_seq_length=2048,
-        ),
-        RandomFolder(
-            "gemma3-stress", "gemma3", _GEMMA_TINY, stress=True,
-            pooling="mean", dense=(512, 128), prompts=GEMMA_PROMPTS, max_seq_length=2048,
-        ),
-    )
-}  # fmt: skip
 
-
-def random_source(model: RandomFolder, cfg: dict[str, Any]) -> RandomSource:
-    source = RandomSource(WEIGHT_SPECS[model.family](cfg), seed=model.seed)
-    if model.stress:
+def hub_source(family: str, cfg: dict[str, Any], seed: int, stress: bool) -> RandomSource:
+    source = RandomSource(WEIGHT_SPECS[family](cfg), seed=seed)
+    if stress:
         _plant_gemma_stress(source, cfg)
     return source
 
 
-def _save_sharded(source: RandomSource, folder: Path, shards: int = 2) -> None:
+def save_sharded(source: RandomSource, folder: Path, prefix: str = "", shards: int = 2) -> None:
+    """bf16 safetensors in `shards` files of about equal bytes, and their index; every key
+    but `lm_head.weight` gets `prefix` (Qwen3ForCausalLM's `model.`)."""
     from safetensors.numpy import save_file
 
     names = source.keys()
-    per = -(-len(names) // shards)
-    weight_map, total = {}, 0
-    for s in range(shards):
-        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: source.load(n) for n in names[s * per : (s + 1) * per]}
-        save_file(part, str(folder / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, file))
-        total += sum(a.nbytes for a in part.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    sizes = [int(np.prod(source.shape(n))) * 2 for n in names]
+    per_shard = -(-sum(sizes) // shards)
+    groups: list[list[str]] = [[]]
+    used = 0
+    for n, size in zip(names, sizes, strict=True):
+        if groups[-1] and used + size > per_shard and len(groups) < shards:
+            groups.append([])
+            used = 0
+        groups[-1].append(n)
+        used += size
+    weight_map: dict[str, str] = {}
+    for i, group in enumerate(groups, 1):
+        file = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        keys = {n: n if n == "lm_head.weight" else prefix + n for n in group}
+        save_file({keys[n]: source.load(n) for n in group}, str(folder / file), {"format": "pt"})
+        weight_map.update(dict.fromkeys(keys.values(), file))
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
     _write_json(folder / "model.safetensors.index.json", index)
 
 
@@ -347,10 +329,10 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _write_st_files(model: RandomFolder, folder: Path, hidden: int) -> None:
+def _write_st_files(model: RandomModel, folder: Path, hidden: int) -> None:
     from safetensors.numpy import save_file
 
-    from .weights import fp32_to_bf16
+    from ..weights import fp32_to_bf16
 
     mod = "sentence_transformers.models."
     modules = [{"idx": 0, "name": "0", "path": "", "type": mod + "Transformer"},
@@ -389,16 +371,45 @@ def _write_st_files(model: RandomFolder, folder: Path, hidden: int) -> None:
     })  # fmt: skip
 
 
-def write_folder(name: str, folder: Path) -> Path:
-    """Write `random:<name>` as a hub-layout checkpoint folder; returns the folder."""
-    model = REGISTRY[name]
-    folder.mkdir(parents=True, exist_ok=True)
+RERANKER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+SHARED_RERANKER = Path("qwen3-reranker") / "0.6B"
+
+
+def shared_tokenizer_dir() -> Path | None:
+    """The reranker tokenizer in the shared reference folder, when it is there."""
+    root = os.environ.get("QEXPORT_SHARED")
+    candidates = [Path(root)] if root else []
+    candidates.append(Path(__file__).resolve().parents[4] / "shared")
+    for base in candidates:
+        if (base / SHARED_RERANKER / "tokenizer.json").is_file():
+            return base / SHARED_RERANKER
+    return None
+
+
+def write_reranker(
+    model: RandomModel, folder: Path, cfg: dict[str, Any], tokenizer: Path | None
+) -> None:
+    """config.json with Qwen3ForCausalLM, the weights, and the real reranker tokenizer."""
+    tok_dir = tokenizer or shared_tokenizer_dir()
+    if tok_dir is None or not (tok_dir / "tokenizer.json").is_file():
+        raise ValueError(
+            f"random:{model.name} needs the Qwen3-Reranker tokenizer: pass --tokenizer FOLDER "
+            "(with tokenizer.json), or set QEXPORT_SHARED to the shared/ folder"
+        )
+    save_sharded(reranker_source(cfg, model.seed), folder, prefix="model.")
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for file in RERANKER_TOKENIZER_FILES:
+        if (tok_dir / file).is_file():
+            shutil.copy2(tok_dir / file, folder / file)
+
+
+def write_embedder(model: RandomModel, folder: Path, cfg: dict[str, Any]) -> None:
+    """A trained tokenizer, the weights and the sentence-transformers files."""
     tok, tok_config = TOKENIZERS[model.family]()
     tok.save(str(folder / "tokenizer.json"))
     _write_json(folder / "tokenizer_config.json",
                 dict(tok_config, model_max_length=model.max_seq_length))  # fmt: skip
-    cfg = dict(model.config, vocab_size=tok.get_vocab_size())
+    cfg = dict(cfg, vocab_size=tok.get_vocab_size())
     _write_json(folder / "config.json", cfg)
-    _save_sharded(random_source(model, cfg), folder)
+    save_sharded(hub_source(model.family, cfg, model.seed, model.stress), folder)
     _write_st_files(model, folder, cfg["hidden_size"])
-    return folder
