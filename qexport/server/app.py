@@ -1,14 +1,17 @@
-"""The FastAPI app for a served model: one app for every task, built from the model's task.
+"""The FastAPI app: one app for every task and for several artifacts at once.
 
-Every app has `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus), auth and
-OpenAI-shaped errors, `{"error": {"message", "type", "param", "code"}}`, with a message that
-names the problem: 400 bad input, dimensions, JSON or UTF-8; 401 missing or wrong API key; 408
-body not received in time; 413 too many items / tokens / bytes (counted while reading, chunked
-bodies included); 422 a malformed body; 500 NaN/Inf from the model; 503 queue full or batcher
-down; 504 the request's deadline passed. The task adds its one route (`ROUTES`):
-`POST /v1/embeddings` (OpenAI-compatible, `server/embed.py`) for an embedding artifact,
-`POST /v1/rerank` (`server/rerank.py`) for a reranker; both run through the same `Service`
-and batcher (`server/service.py`, `server/batcher.py`).
+Every app has `GET /v1/models` (every served name), `GET /health` (per model when several
+are served), `GET /metrics` (Prometheus; per-model families labelled `model` when several),
+auth and OpenAI-shaped errors, `{"error": {"message", "type", "param", "code"}}`, with a
+message that names the problem: 400 bad input, dimensions, JSON or UTF-8; 401 missing or wrong
+API key; 404 a `model` not served (code `model_not_found`); 408 body not received in time;
+413 too many items / tokens / bytes (counted while reading, chunked bodies included); 422 a
+malformed body; 500 NaN/Inf from the model; 503 queue full or batcher down; 504 the request's
+deadline passed. Each served task adds its routes (`ROUTES`): `POST /v1/embeddings`
+(OpenAI-compatible, `server/embed.py`) for embedding artifacts, `POST /v1/rerank` and
+`POST /v2/rerank` (`server/rerank.py`) for rerankers; TEI's routes (`server/tei.py`) are
+always there, with TEI's error body. Each artifact has its own `Service` and batcher
+(`server/service.py`, `server/batcher.py`); `server/models.py` routes requests by `model`.
 """
 
 from __future__ import annotations

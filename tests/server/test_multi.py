@@ -136,3 +136,21 @@ def test_same_folder_twice_without_names_is_a_usage_error(tiny_artifact):
     got = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert got.returncode == 2, got.stderr
     assert "two models are served as 'tiny-fp32'" in got.stderr
+
+
+def test_tei_routes_share_the_api_key(emb):
+    from fastapi.testclient import TestClient
+
+    from qexport.server.app import ServerConfig, create_app
+
+    app = create_app([("emb", emb)], ServerConfig(api_key="sekret"))
+    with TestClient(app) as c:
+        for method, path, body in (("post", "/embed", {"inputs": "x"}),
+                                   ("post", "/", {"inputs": "x"}),
+                                   ("post", "/tokenize", {"inputs": "x"}),
+                                   ("get", "/info", None)):  # fmt: skip
+            r = c.request(method, path, json=body)
+            assert r.status_code == 401, (path, r.text)
+            ok = c.request(method, path, json=body, headers={"Authorization": "Bearer sekret"})
+            assert ok.status_code == 200, (path, ok.text)
+        assert c.get("/health").status_code == 200
