@@ -339,7 +339,9 @@ def handlers(registry: Registry, cfg: ServerConfig) -> tuple[dict[str, Handler],
         try:
             req = kind.model_validate(data)
         except ValidationError as exc:
-            raise ApiError(422, str(exc).splitlines()[0], reason="bad_body") from None
+            e = exc.errors()[0]
+            where = ".".join(str(p) for p in e.get("loc", ())) or "body"
+            raise ApiError(422, f"{where}: {e.get('msg')}", reason="bad_body") from None
         if isinstance(req, RerankRequest):
             return await tei.rerank(request, req, deadline)
         return await tei.embed(request, req, deadline)
