@@ -4,6 +4,7 @@ latency, next to the offline `Embedder.embed` on the same texts (one call, token
 batches), and with auth + metrics on vs off.
 
     python bench/bench_server.py --artifact /tmp/minilm --docs 800 --clients 16
+    python bench/bench_server.py --artifact /tmp/minilm --with-reranker /tmp/rr --seconds 20
 
 The server is a real `qexport serve` subprocess; clients are threads, each with its own httpx
 connection. Every response is checked (one finite unit-norm vector, the Embedder's to 1e-4).
@@ -178,14 +179,98 @@ def measure(artifact: str, name: str, texts: list[str], clients: int, repeats: i
     ]
 
 
+def closed_loop(
+    base: str, path: str, bodies: list[dict], clients: int, seconds: float, per_body: int
+) -> tuple[float, float]:
+    """`clients` threads posting bodies in turn for `seconds`: (items/s, p50 ms)."""
+    lat: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def client(k: int) -> int:
+        n = 0
+        with httpx.Client(base_url=base, timeout=120) as c:
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                r = c.post(path, json=bodies[(k + n * clients) % len(bodies)])
+                assert r.status_code == 200, r.text
+                lat.append(time.perf_counter() - t)
+                n += 1
+        return n
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        done = sum(pool.map(client, range(clients)))
+    return done * per_body / (time.monotonic() - start), 1000 * statistics.median(lat)
+
+
+def two_models(emb: str, rr: str, clients: int, seconds: float) -> None:
+    """An embedder and a reranker in one process, `clients` clients each at the same time,
+    beside each served alone (same run): throughput and p50 of each, and the ratios."""
+    sets = scifact(200)
+    queries, docs = sets["queries"], sets["documents"]
+    emb_bodies = [{"input": q} for q in queries]
+    rr_bodies = [{"query": q, "documents": docs[i * 8 : i * 8 + 8]} for i, q in enumerate(queries)]
+    rr_bodies = [b for b in rr_bodies if len(b["documents"]) == 8]
+    runs = {"embed": ("/v1/embeddings", emb_bodies, 1), "rerank": ("/v1/rerank", rr_bodies, 8)}
+    out: dict[str, dict[str, tuple[float, float]]] = {"alone": {}, "together": {}}
+    for kind, artifacts in (("embed", [emb]), ("rerank", [rr]), ("both", [emb, rr])):
+        port = free_port()
+        cmd = [sys.executable, "-m", "qexport.cli", "-q", "serve", *artifacts, "--device", "cpu",
+               "--port", str(port), "--no-verify"]  # fmt: skip
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                try:
+                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            if kind != "both":
+                out["alone"][kind] = closed_loop(base, *runs[kind][:2], clients, seconds,
+                                                 runs[kind][2])  # fmt: skip
+                continue
+            with ThreadPoolExecutor(2) as pool:
+                futs = {k: pool.submit(closed_loop, base, r[0], r[1], clients, seconds, r[2])
+                        for k, r in runs.items()}  # fmt: skip
+                out["together"] = {k: f.result() for k, f in futs.items()}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(
+        f"{clients} clients per model, {seconds:g} s each; embed: one SciFact query per "
+        "request (texts/s); rerank: one query + 8 SciFact documents (pairs/s)"
+    )
+    print(
+        "| model | alone items/s | alone p50 ms | together items/s | together p50 ms | "
+        "throughput together/alone | p50 together/alone |\n|---|---|---|---|---|---|---|"
+    )
+    for k in runs:
+        (a, pa), (t, pt) = out["alone"][k], out["together"][k]
+        print(
+            f"| {k} | {a:,.1f} | {pa:,.1f} | {t:,.1f} | {pt:,.1f} | {t / a:.2f} | {pt / pa:.2f} |"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--artifact", required=True)
+    p.add_argument(
+        "--with-reranker",
+        default=None,
+        metavar="RR",
+        help="serve ARTIFACT and RR in one process, 16 clients each, beside each alone",
+    )
+    p.add_argument("--seconds", type=float, default=20, help="per phase with --with-reranker")
     p.add_argument("--docs", type=int, default=800, help="SciFact documents (first N)")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3, help="rounds of every setting (best kept)")
     p.add_argument("--only", choices=("documents", "queries"), default=None)
     args = p.parse_args()
+    if args.with_reranker:
+        two_models(args.artifact, args.with_reranker, args.clients, args.seconds)
+        return
     warnings.filterwarnings("ignore", message=r".*longer than max_length")  # documents > 256
     sets = scifact(args.docs)
     rows = []

@@ -1,5 +1,6 @@
-"""`qexport serve ARTIFACT`: an OpenAI-compatible embeddings server, or a rerank server for a
-reranker artifact (FastAPI + uvicorn; one app, built from the artifact's task)."""
+"""`qexport serve ARTIFACT [ARTIFACT ...]`: an OpenAI-compatible embeddings server, a rerank
+server for a reranker artifact, or both in one process (FastAPI + uvicorn; one app built from
+the artifacts' tasks, each served under its folder name or `--name`, routed by `model`)."""
 
 from __future__ import annotations
 
@@ -42,11 +43,20 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="serve POST /v1/embeddings (OpenAI-compatible), or POST /v1/rerank for a "
         "reranker artifact, GET /health and GET /metrics",
     )
-    s.add_argument("artifact", help="artifact folder")
+    s.add_argument(
+        "artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder(s), served together"
+    )
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    s.add_argument("--model-name", default=None, help="name in responses (default: folder name)")
+    s.add_argument(
+        "--name",
+        "--model-name",
+        dest="names",
+        action="append",
+        default=None,
+        help="served name of each artifact in order (repeatable; default: the folder's name)",
+    )
     s.add_argument(
         "--api-key",
         default=None,
@@ -73,19 +83,36 @@ def _check(args: argparse.Namespace) -> None:
     for name in ("max_batch_tokens", "max_connections"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    names = args.names or []
+    if len(names) > len(args.artifacts):
+        raise UsageError(f"{len(names)} --name for {len(args.artifacts)} artifacts")
+    if not all(n.strip() for n in names):
+        raise UsageError("--name is empty")
     if not (math.isfinite(args.read_timeout_s) and 0 < args.read_timeout_s <= 86_400):
         raise UsageError(f"--read-timeout-s must be in (0, 86400], got {args.read_timeout_s}")
 
 
 def _app(args: argparse.Namespace, config: Any) -> Any:
-    """The app for the artifact's task: POST /v1/embeddings, or POST /v1/rerank for a reranker."""
+    """The app for the artifacts' tasks: POST /v1/embeddings for embedders, POST /v1/rerank
+    for rerankers, TEI's routes for both."""
     from ..manifest import load_manifest
     from ..runtime import Embedder, Reranker
     from ..server.app import create_app
 
     kw = {"device": args.device, "max_batch_tokens": args.max_batch_tokens}
-    runtime = Reranker if load_manifest(args.artifact).task == "rerank" else Embedder
-    return create_app(runtime(args.artifact, verify=not args.no_verify, **kw), config)
+    names = list(args.names or [])
+    named = []
+    for i, artifact in enumerate(args.artifacts):
+        try:
+            runtime = Reranker if load_manifest(artifact).task == "rerank" else Embedder
+            model = runtime(artifact, verify=not args.no_verify, **kw)
+        except (TypeError, AttributeError) as exc:
+            raise UsageError(f"{artifact}: malformed artifact or manifest ({exc})") from None
+        named.append((names[i] if i < len(names) else None, model))
+    try:
+        return create_app(named, config)
+    except ValueError as exc:  # two artifacts under one name
+        raise UsageError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,10 +137,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--{name.replace('_', '-')} {str(exc).split(' ', 1)[1]}") from None
     sock = bind(args.host, args.port)  # before loading: a port in use fails fast
     try:
-        try:
-            app = _app(args, config)
-        except (TypeError, AttributeError) as exc:
-            raise UsageError(f"{args.artifact}: malformed artifact or manifest ({exc})") from None
+        app = _app(args, config)
         warning = exposure_warning(args.host, sock.getsockname()[0], config.api_key)
         if warning:
             print(warning, file=sys.stderr)

@@ -19,8 +19,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ..runtime import Embedder
+from ..tasks import EMBED
 from .body import read_request
+from .config import ServerConfig
 from .errors import ApiError
+from .models import Registry
 from .schemas import EmbeddingData, EmbeddingRequest, EmbeddingResponse, Usage
 from .service import Service
 from .tokens import BoundedTokenizer, check_texts
@@ -50,27 +53,59 @@ def _encode(vectors: np.ndarray, fmt: str, name: str, tokens: int) -> Response:
     return Response(resp.model_dump_json(), media_type="application/json")
 
 
-def handler(svc: Service) -> Callable[[Request], Awaitable[Response]]:
-    emb = svc.model
-    assert isinstance(emb, Embedder)
-    tokenizer = BoundedTokenizer(emb.encoder)
-    cfg = svc.cfg
+class Embeddings:
+    """The embedding services of a registry, with a bounded tokenizer each; `vectors` is the
+    one path from texts to post-processed vectors (OpenAI's route and TEI's `/embed`)."""
 
-    async def embeddings(request: Request) -> Response:
-        deadline = time.monotonic() + cfg.request_timeout_s
-        req = await read_request(request, cfg, EmbeddingRequest)
-        texts = check_texts(req.input, cfg.max_items)
-        if req.dimensions is not None and req.dimensions not in emb.manifest.allowed_dims:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.tokenizers = {
+            s.name: BoundedTokenizer(s.model.encoder)
+            for s in registry.of_task(EMBED)
+            if isinstance(s.model, Embedder)
+        }
+
+    @staticmethod
+    def check_dimensions(emb: Embedder, dimensions: int | None) -> None:
+        if dimensions is not None and dimensions not in emb.manifest.allowed_dims:
             raise ApiError(
                 400,
-                f"dimensions {req.dimensions} is not allowed for this model; allowed: "
+                f"dimensions {dimensions} is not allowed for this model; allowed: "
                 f"{emb.manifest.allowed_dims}",
                 "dimensions",
                 reason="bad_input",
             )
-        ids, types = await run_in_threadpool(tokenizer.tokenize, texts, cfg.max_request_tokens)
-        complete = functools.partial(emb.truncate_dim, dim=req.dimensions)
-        got = await svc.run(request, ids, types, deadline, complete)
+
+    async def tokenize(self, svc: Service, texts: list[str]) -> tuple[Any, Any]:
+        tokenizer = self.tokenizers[svc.name]
+        return await run_in_threadpool(tokenizer.tokenize, texts, svc.cfg.max_request_tokens)
+
+    async def vectors(
+        self,
+        request: Request,
+        svc: Service,
+        rows: tuple[Any, Any],
+        dimensions: int | None,
+        deadline: float,
+    ) -> tuple[np.ndarray, int] | None:
+        emb = svc.model
+        assert isinstance(emb, Embedder)
+        complete = functools.partial(emb.truncate_dim, dim=dimensions)
+        return await svc.run(request, rows[0], rows[1], deadline, complete)
+
+
+def handler(registry: Registry, cfg: ServerConfig) -> Callable[[Request], Awaitable[Response]]:
+    route = Embeddings(registry)
+
+    async def embeddings(request: Request) -> Response:
+        deadline = time.monotonic() + cfg.request_timeout_s
+        req = await read_request(request, cfg, EmbeddingRequest)
+        svc = registry.resolve(EMBED, req.model)
+        texts = check_texts(req.input, cfg.max_items)
+        assert isinstance(svc.model, Embedder)
+        route.check_dimensions(svc.model, req.dimensions)
+        rows = await route.tokenize(svc, texts)
+        got = await route.vectors(request, svc, rows, req.dimensions, deadline)
         if got is None:
             return Response(status_code=499)
         vectors, tokens = got

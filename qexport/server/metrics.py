@@ -9,7 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-ROUTES = ("/v1/embeddings", "/v1/rerank", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/embeddings", "/v1/rerank", "/v2/rerank", "/v1/models", "/health", "/metrics",
+          "/embed", "/rerank", "/", "/info", "/tokenize")  # fmt: skip
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 TOKEN_BUCKETS = tuple(2**k for k in range(4, 17))

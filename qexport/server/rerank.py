@@ -1,23 +1,29 @@
-"""`POST /v1/rerank` for rerank artifacts (task "rerank"; the request/response shape of
-Cohere, Jina and vLLM):
+"""`POST /v1/rerank` and `POST /v2/rerank` for rerank artifacts (task "rerank"; the request
+and response shapes of Cohere v1 and v2, Jina and vLLM):
 
-request  {"model", "query", "documents": [str], "top_n"?, "return_documents"?, "instruction"?}
-response {"model", "results": [{"index", "relevance_score", "document"?: {"text"}}] best
-         first, "usage": {"total_tokens"}}
+request  {"model"?, "query", "documents": [str | {"text": str}], "top_n"?,
+         "return_documents"?, "max_tokens_per_doc"?, "instruction"?}
+response {"id", "model", "results": [{"index", "relevance_score", "document"?: {"text"}}]
+         best first, "usage": {"total_tokens"}}
 
-A rerank artifact is served by the same app and service as an embedding one (`app.create_app`
-picks the route from the model's task; /v1/embeddings answers 404 here and /v1/rerank 404
-there): each (query, document) pair is one token row in the shared batcher, so pairs from
-several requests share forward passes, a long request runs in fair token-budget slices, and
-deadline and disconnect are checked before each pass. Errors are OpenAI-shaped: 400 bad input,
-401, 413 too many documents / tokens / bytes (tokens counted before the whole request is
-tokenised), 422 malformed body, 500 NaN/Inf from the model, 503 busy or batcher down, 504 past
-the request's deadline.
+`max_tokens_per_doc` (Cohere v2) is honoured, not refused: each document is cut after its
+first N tokens of the reranker's tokenizer, at the character where the N-th token ends, as
+Cohere truncates long documents; a document that still does not fit beside the query in
+max_length is cut further as always. `model` picks the reranker (`server/models.py`).
+
+Each (query, document) pair is one token row in the shared batcher, so pairs from several
+requests share forward passes, a long request runs in fair token-budget slices, and deadline
+and disconnect are checked before each pass. Errors are OpenAI-shaped: 400 bad input, 401,
+404 a model not served, 413 too many documents / tokens / bytes (tokens counted before the
+whole request is tokenised), 422 malformed body, 500 NaN/Inf from the model, 503 busy or
+batcher down, 504 past the request's deadline. TEI's `/rerank` (`server/tei.py`) runs through
+the same `logits`.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +37,7 @@ from ..tasks import RERANK
 from .body import read_request
 from .config import ServerConfig
 from .errors import ApiError
+from .models import Registry
 from .service import Service
 
 
@@ -39,11 +46,14 @@ class RerankRequest(BaseModel):
 
     # query and documents are checked by hand so that the 400 names the bad item
     query: Any = Field(description="the query")
-    documents: list[Any] = Field(description="documents to rank, as strings")
+    documents: list[Any] = Field(description='documents to rank: strings or {"text": ...}')
     model: str | None = None
     top_n: int | None = Field(default=None, ge=1, description="return the best N only")
     return_documents: bool = False
     instruction: str | None = Field(default=None, description="task; default: the card's")
+    max_tokens_per_doc: int | None = Field(
+        default=None, ge=1, description="Cohere v2: each document cut to its first N tokens"
+    )
 
 
 class RerankDocument(BaseModel):
@@ -61,6 +71,7 @@ class RerankUsage(BaseModel):
 
 
 class RerankResponse(BaseModel):
+    id: str
     model: str
     results: list[RerankResult]
     usage: RerankUsage
@@ -70,28 +81,51 @@ def _bad(message: str, param: str) -> ApiError:
     return ApiError(400, message, param, reason="bad_input")
 
 
-def _strings(req: RerankRequest, max_items: int) -> tuple[str, list[str]]:
-    if not isinstance(req.query, str):
-        raise _bad(f"query is {type(req.query).__name__}, not a string", "query")
-    if not req.query:
+def _text(d: Any, i: int) -> str:
+    """A document: a string, or an object with a string `text` (Cohere, Jina)."""
+    if isinstance(d, dict):
+        if not isinstance(d.get("text"), str):
+            raise _bad(f'documents[{i}] is an object without a string "text"', "documents")
+        d = d["text"]
+    if not isinstance(d, str):
+        raise _bad(
+            f'documents[{i}] is {type(d).__name__}, not a string or {{"text": string}}',
+            "documents",
+        )
+    if not d:
+        raise _bad(f"documents[{i}] is an empty string", "documents")
+    return d
+
+
+def check_query(query: Any, documents: list[Any], max_items: int) -> tuple[str, list[str]]:
+    """The query and the documents' texts, or ApiError 400/413 naming the bad item."""
+    if not isinstance(query, str):
+        raise _bad(f"query is {type(query).__name__}, not a string", "query")
+    if not query:
         raise _bad("query is an empty string", "query")
-    if not req.documents:
+    if not documents:
         raise _bad("documents is empty: send a non-empty list of strings", "documents")
-    if len(req.documents) > max_items:
+    if len(documents) > max_items:
         raise ApiError(
             413,
-            f"documents has {len(req.documents)} items; at most {max_items} per request",
+            f"documents has {len(documents)} items; at most {max_items} per request",
             "documents",
             reason="too_many_items",
         )
-    for i, d in enumerate(req.documents):
-        if not isinstance(d, str):
-            raise _bad(f"documents[{i}] is {type(d).__name__}, not a string", "documents")
-        if not d:
-            raise _bad(f"documents[{i}] is an empty string", "documents")
-    if req.instruction is not None and not req.instruction:
-        raise _bad("instruction is an empty string", "instruction")
-    return req.query, list(req.documents)
+    return query, [_text(d, i) for i, d in enumerate(documents)]
+
+
+def cut_documents(rr: Reranker, docs: list[str], max_tokens: int) -> list[str]:
+    """Each document cut after its first `max_tokens` tokens (of the reranker's tokenizer, no
+    special tokens), at the character where that token ends: Cohere's `max_tokens_per_doc`."""
+    out = []
+    for d in docs:
+        # most often the first 8N characters hold more than N tokens: no need to read on
+        enc = rr.encoder.tokenizer.encode(d[: 8 * max_tokens + 64], add_special_tokens=False)
+        if len(enc.ids) <= max_tokens and len(d) > 8 * max_tokens + 64:
+            enc = rr.encoder.tokenizer.encode(d, add_special_tokens=False)
+        out.append(d if len(enc.ids) <= max_tokens else d[: enc.offsets[max_tokens - 1][1]])
+    return out
 
 
 def details(reranker: Reranker) -> dict[str, Any]:
@@ -99,48 +133,69 @@ def details(reranker: Reranker) -> dict[str, Any]:
     return {}
 
 
-async def _tokenize(rr: Reranker, cfg: ServerConfig, req: RerankRequest) -> list[list[int]]:
-    query, docs = _strings(req, cfg.max_items)
+def _encode(
+    rr: Reranker, cfg: ServerConfig, query: str, docs: list[str], req: Any
+) -> tuple[list[list[int]], int]:
+    if getattr(req, "max_tokens_per_doc", None) is not None:
+        docs = cut_documents(rr, docs, req.max_tokens_per_doc)
+    instruction = getattr(req, "instruction", None)
+    if instruction is not None and not instruction:
+        raise _bad("instruction is an empty string", "instruction")
     try:
-        rows, _ = await run_in_threadpool(
-            rr.encoder.encode, query, docs, req.instruction, max_tokens=cfg.max_request_tokens
-        )
+        return rr.encoder.encode(query, docs, instruction, max_tokens=cfg.max_request_tokens)
     except TokenLimitError as exc:
         raise ApiError(413, str(exc), "documents", reason="too_many_tokens") from None
     except ValueError as exc:  # e.g. a lone surrogate, named by its index
         raise _bad(str(exc), "documents") from None
-    return rows
 
 
-def _response(name: str, req: RerankRequest, logits: Any, tokens: int) -> Response:
-    docs = req.documents
+async def logits(
+    request: Request,
+    svc: Service,
+    query: str,
+    docs: list[str],
+    req: Any,
+    deadline: float,
+    on_truncated: Callable[[int], None] | None = None,
+) -> tuple[Any, int] | None:
+    """(each pair's logit in input order, tokens), or None when the client left; the one path
+    for every rerank route (Cohere, Jina, TEI). `on_truncated(n)` is called before the model
+    runs when n documents had to be cut to fit max_length (TEI refuses that on request)."""
+    rr = svc.model
+    assert isinstance(rr, Reranker)
+    rows, truncated = await run_in_threadpool(_encode, rr, svc.cfg, query, docs, req)
+    if truncated and on_truncated is not None:
+        on_truncated(truncated)
+    return await svc.run(request, rows, None, deadline)
+
+
+def _response(name: str, req: RerankRequest, docs: list[str], out: Any, tokens: int) -> Response:
     results = [
         RerankResult.model_construct(
             index=i,
             relevance_score=s,
             document=RerankDocument.model_construct(text=docs[i]) if req.return_documents else None,
         )
-        for i, s in ranked(RERANK.postprocess(logits), req.top_n)
+        for i, s in ranked(RERANK.postprocess(out), req.top_n)
     ]
     resp = RerankResponse.model_construct(
-        model=name, results=results, usage=RerankUsage.model_construct(total_tokens=tokens)
+        id=uuid.uuid4().hex,
+        model=name,
+        results=results,
+        usage=RerankUsage.model_construct(total_tokens=tokens),
     )
     return Response(resp.model_dump_json(exclude_none=True), media_type="application/json")
 
 
-def handler(svc: Service) -> Callable[[Request], Awaitable[Response]]:
-    rr = svc.model
-    assert isinstance(rr, Reranker)
-    cfg = svc.cfg
-
+def handler(registry: Registry, cfg: ServerConfig) -> Callable[[Request], Awaitable[Response]]:
     async def rerank(request: Request) -> Response:
         deadline = time.monotonic() + cfg.request_timeout_s
         req = await read_request(request, cfg, RerankRequest)
-        rows = await _tokenize(rr, cfg, req)
-        got = await svc.run(request, rows, None, deadline)  # the rows' logits, input order
+        svc = registry.resolve(RERANK, req.model)
+        query, docs = check_query(req.query, req.documents, cfg.max_items)
+        got = await logits(request, svc, query, docs, req, deadline)
         if got is None:
             return Response(status_code=499)
-        logits, tokens = got
-        return _response(svc.name, req, logits, tokens)
+        return _response(svc.name, req, docs, got[0], got[1])
 
     return rerank

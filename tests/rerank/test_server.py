@@ -109,7 +109,7 @@ def client(rerank_fp32):  # type: ignore[no-untyped-def]
         ({"query": 3, "documents": ["a"]}, 400, "query is int"),
         ({"query": "q", "documents": []}, 400, "documents is empty"),
         ({"query": "q", "documents": ["a", ""]}, 400, r"documents\[1\] is an empty string"),
-        ({"query": "q", "documents": [{"text": "a"}]}, 400, r"documents\[0\] is dict"),
+        ({"query": "q", "documents": [{"txt": "a"}]}, 400, r"documents\[0\] is an object without"),
         ({"query": "q", "documents": ["a"], "instruction": ""}, 400, "instruction is an empty"),
         ({"query": "q", "documents": ["a"] * 5}, 413, "at most 4 per request"),
         ({"query": "q", "documents": ["word " * 500]}, 413, "at most 400"),

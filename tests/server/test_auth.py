@@ -17,13 +17,13 @@ def test_api_key_guards_every_route_but_health(tiny_artifact, emb, tmp_path):
     openai = pytest.importorskip("openai")
     with qexport_serve(tiny_artifact, tmp_path, env={"QEXPORT_API_KEY": KEY}) as srv:
         good = openai.OpenAI(base_url=f"{srv.base}/v1", api_key=KEY, max_retries=0)
-        got = good.embeddings.create(model="m", input=["hello", "world"])
+        got = good.embeddings.create(model="tiny-fp32", input=["hello", "world"])
         vecs = np.array([d.embedding for d in got.data], dtype=np.float32)
         np.testing.assert_allclose(vecs, emb.embed(["hello", "world"]), atol=1e-5)
 
         bad = openai.OpenAI(base_url=f"{srv.base}/v1", api_key=KEY + "x", max_retries=0)
         with pytest.raises(openai.AuthenticationError, match="invalid API key"):
-            bad.embeddings.create(model="m", input="hello")
+            bad.embeddings.create(model="tiny-fp32", input="hello")
 
         for path in ("/v1/models", "/metrics", "/docs", "/openapi.json", "/nowhere"):
             r = httpx.get(f"{srv.base}{path}", timeout=10)

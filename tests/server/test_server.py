@@ -73,7 +73,11 @@ def test_concurrent_clients_all_answered_correctly_and_batched(emb, expected):
                 for _ in range(per_client):
                     idx = rng.choice(len(TEXTS), size=int(rng.integers(1, 5)), replace=False)
                     dim = [None, 32][int(rng.integers(0, 2))]
-                    body = {"input": [TEXTS[i] for i in idx], "model": "m", "dimensions": dim}
+                    body = {
+                        "input": [TEXTS[i] for i in idx],
+                        "model": "tiny-fp32",
+                        "dimensions": dim,
+                    }
                     r = http.post("/v1/embeddings", json=body)
                     assert r.status_code == 200, r.text
                     data = r.json()["data"]
