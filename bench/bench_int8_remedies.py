@@ -36,7 +36,9 @@ def options(spec: str) -> QuantOptions:
     fields: dict[str, object] = {"min_cosine": 0.0}
     for part in spec.split(":", 1)[1].split(",") if ":" in spec else []:
         key, value = part.split("=")
-        if key == "alphas":
+        if key == "min_cosine":  # "default": the bar of bars.py (the float-projection search)
+            fields[key] = None if value == "default" else float(value)
+        elif key == "alphas":
             fields[key] = tuple(float(a) for a in value.split("/") if a)
         elif key in ("damp",):
             fields[key] = float(value)
