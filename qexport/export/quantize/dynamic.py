@@ -1,7 +1,10 @@
 """int8 weights and activations for CPU: each projection MatMul becomes
 `com.microsoft.DynamicQuantizeMatMul` (activations quantized per tensor to uint8 at run time,
 weights int8 symmetric per output channel, the layout `quantize_dynamic(per_channel=True)`
-produces after onnxruntime's fusion). onnxruntime has CPU kernels only for it.
+produces after onnxruntime's fusion). onnxruntime has CPU kernels only for it. Per-token
+activation scaling (`_per_token_input`) divides each token by its |max| before the node and
+multiplies the output back, so the per-tensor range is the same [-1, 1] for every token.
+Weights are rounded to nearest, or by GPTQ per channel (dynamic_gptq.py, opt-in).
 
 Weights are `ir.LazyTensor`s quantized when written, with onnxruntime.quantization's
 `quantize_nparray` and the symmetric int8 range of `get_qmin_qmax_for_qType`.
