@@ -98,7 +98,8 @@ def quantize_dynamic(
                 "weights": "int8 symmetric, per output channel",
                 "rounding": "gptq" if rounding else "rtn",
                 **({"damp": damp} if rounding else {}),
-                "activations": "uint8 per tensor, quantized at run time",
+                "activations": "uint8 quantized at run time: per token on the "
+                "per_token_projections (X / max|X| per token), else per tensor",
                 "smoothquant": {
                     "alphas_tried": [None, *alphas],
                     "alpha_per_group": {k: chosen[k] for k in error},
