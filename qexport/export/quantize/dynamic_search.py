@@ -1,10 +1,15 @@
 """int8-dynamic (CPU only): SmoothQuant scale migration from the calibration activations
-(smoothquant.py), then DynamicQuantizeMatMul (dynamic.py); the projection groups that still
+(smoothquant.py), then DynamicQuantizeMatMul (dynamic.py) with the activations scaled per
+token (by default on every projection: per tensor alone loses 0.035 of held-out min cosine
+on MiniLM, docs/benchmarks.md "Fast int8 on real weights"); the projection groups that still
 hurt most are left in float until the check texts hold the bar, else the export is refused."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from .check import (
     summary,
 )
 from .dynamic import apply_dynamic_int8
+from .gptq import DAMP, HessianFactor, hessian_factor
 from .smoothquant import (
     Group,
     apply_smoothing,
@@ -36,21 +42,36 @@ log = logging.getLogger("qexport")
 
 # fractions of the smoothed projection groups left in float, tried in order
 FLOAT_FRACTIONS = (0.0, 0.1, 0.25, 0.35, 0.5)
+PER_TOKEN_MODES = ("none", "auto", "all")
+# per_token "auto": a group's activations are scaled per token (4 element-wise ops around its
+# DynamicQuantizeMatMul) only where that cuts its simulated error below this x per tensor
+PER_TOKEN_GAIN = 0.7
 
 Factors = dict[str | None, np.ndarray | None]
 
 
 def quantize_dynamic(
-    model: ir.Model, scratch: Path, quant: Quantized, alphas: tuple[float, ...]
+    model: ir.Model,
+    scratch: Path,
+    quant: Quantized,
+    alphas: tuple[float, ...],
+    method: str = "rtn",
+    damp: float = DAMP,
+    per_token: str = "none",
 ) -> dict[str, Any]:
-    """Rewrite `model` in place (SmoothQuant + DynamicQuantizeMatMul), measured on the check
-    texts; returns the manifest's record, or raises QuantizationRefused."""
+    """Rewrite `model` in place (SmoothQuant + DynamicQuantizeMatMul, weights rounded to
+    nearest or by GPTQ), measured on the check texts; returns the manifest's record, or
+    raises QuantizationRefused."""
     texts = quant.texts
     assert texts is not None
     float_graph = model.graph.clone()  # untouched copy (weights shared, lazily loaded)
     groups = group_targets(matmul_targets(model.graph))
-    texts.reference, stats = float_run(model, scratch, texts, [g.activation for g in groups])
-    error, chosen, factors = _choose_alphas(groups, stats, alphas)
+    capture = [g.activation for g in groups]
+    texts.reference, stats = float_run(model, scratch, texts, capture, xtx=method == "gptq")
+    if per_token not in PER_TOKEN_MODES:
+        raise ValueError(f"per_token must be one of {', '.join(PER_TOKEN_MODES)}: {per_token!r}")
+    error, chosen, factors, tokens = _choose_alphas(groups, stats, alphas, per_token)
+    rounding = _Rounding(stats, factors, damp) if method == "gptq" else None
     ranked = sorted(error, key=error.__getitem__, reverse=True)
     tried: list[dict[str, Any]] = []
     for fraction in FLOAT_FRACTIONS:
@@ -58,7 +79,8 @@ def quantize_dynamic(
         if tried and keep == set(tried[-1]["float_groups"]):
             continue
         candidate = model_over(model, float_graph.clone()) if tried else model
-        record, cos = _try(candidate, scratch, len(tried), texts, factors, keep)
+        how = _How(factors, rounding, tokens)
+        record, cos = _try(candidate, scratch, len(tried), texts, how, keep)
         tried.append(record)
         log.info(
             "int8-dynamic   %d/%d projection groups float: min cosine %.5f",
@@ -74,7 +96,10 @@ def quantize_dynamic(
             return {
                 "method": "DynamicQuantizeMatMul",
                 "weights": "int8 symmetric, per output channel",
-                "activations": "uint8 per tensor, quantized at run time",
+                "rounding": "gptq" if rounding else "rtn",
+                **({"damp": damp} if rounding else {}),
+                "activations": "uint8 quantized at run time: per token on the "
+                "per_token_projections (X / max|X| per token), else per tensor",
                 "smoothquant": {
                     "alphas_tried": [None, *alphas],
                     "alpha_per_group": {k: chosen[k] for k in error},
@@ -83,6 +108,7 @@ def quantize_dynamic(
                 },
                 "matmuls_quantized": record["matmuls_quantized"],
                 "float_projections": record["float_projections"],
+                "per_token_projections": record["per_token_projections"],
                 "attempts": [
                     {"float_groups": len(t["float_groups"]), "min_cosine": t["min_cosine"]}
                     for t in tried
@@ -98,28 +124,37 @@ def quantize_dynamic(
 
 
 def _choose_alphas(
-    groups: list[Group], stats: dict[str, ActivationStats], alphas: tuple[float, ...]
-) -> tuple[dict[str, float], dict[str, float | None], Factors]:
+    groups: list[Group],
+    stats: dict[str, ActivationStats],
+    alphas: tuple[float, ...],
+    per_token: str,
+) -> tuple[dict[str, float], dict[str, float | None], Factors, set[str]]:
     """Per group (by activation name): the migration strength (or none) with the smallest
-    simulated output error on sampled calibration rows, that error, and the factors."""
+    simulated output error on sampled calibration rows, that error, and the factors; and the
+    groups whose activations are scaled per token: all, none, or ("auto") those where it cuts
+    the simulated error below PER_TOKEN_GAIN x the best per-tensor error."""
     factors: Factors = {}
     error: dict[str, float] = {}
     chosen: dict[str, float | None] = {}
+    tokens: set[str] = set()
+    modes = {"none": (False,), "all": (True,), "auto": (False, True)}[per_token]
     for g in groups:
         name = g.activation.name or ""
         st = stats[name]
         w = group_weight(g)
-        x = st.sample
-        best: tuple[float, float | None, np.ndarray | None] | None = None
-        for alpha in (None, *alphas):
-            s = None if alpha is None else smoothing_factors(w, st.absmax, alpha)
-            err = simulated_error(x, w, st.lo, st.hi, s)  # type: ignore[arg-type]
-            if best is None or err < best[0]:
-                best = (err, alpha, s)
-        assert best is not None
-        error[name], chosen[name], factors[name] = best
+        best: dict[bool, tuple[float, float | None, np.ndarray | None]] = {}
+        for pt in modes:
+            for alpha in (None, *alphas):
+                s = None if alpha is None else smoothing_factors(w, st.absmax, alpha)
+                err = simulated_error(st.sample, w, st.lo, st.hi, s, pt)  # type: ignore[arg-type]
+                if pt not in best or err < best[pt][0]:
+                    best[pt] = (err, alpha, s)
+        use = modes[-1] and (len(modes) == 1 or best[True][0] < PER_TOKEN_GAIN * best[False][0])
+        error[name], chosen[name], factors[name] = best[use]
+        if use:
+            tokens.add(name)
         del w
-    return error, chosen, factors
+    return error, chosen, factors, tokens
 
 
 def _try(
@@ -127,20 +162,51 @@ def _try(
     scratch: Path,
     index: int,
     texts: CheckTexts,
-    factors: Factors,
+    how: _How,
     keep: set[str],
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Quantize `candidate` in place leaving the groups in `keep` float, and measure it."""
-    record = _dynamic_candidate(candidate, factors, keep)
+    record = _dynamic_candidate(candidate, how, keep)
     cos = candidate_cosines(candidate, scratch, f"candidate{index}", texts)
     record.update(summary(cos), float_groups=sorted(keep))
     return record, cos
 
 
-def _dynamic_candidate(model: ir.Model, factors: Factors, keep_float: set[str]) -> dict[str, Any]:
+class _Rounding:
+    """GPTQ's H per group (by activation name), of the smoothed activation X / s:
+    diag(1/s) X^T X diag(1/s); factored once, when the first weight reading it is written."""
+
+    def __init__(self, stats: dict[str, ActivationStats], factors: Factors, damp: float):
+        self.stats, self.factors, self.damp = stats, factors, damp
+
+    def factor(self, name: str) -> Callable[[], HessianFactor]:
+        @cache
+        def make() -> HessianFactor:
+            h = self.stats[name].xtx
+            assert h is not None
+            s = self.factors.get(name)
+            if s is not None:
+                inv = (1.0 / s).astype(np.float32)
+                h = h * inv[:, None] * inv[None, :]
+            return hessian_factor(h, self.damp)
+
+        return make
+
+
+@dataclass(frozen=True)
+class _How:
+    factors: Factors  # smoothing per group
+    rounding: _Rounding | None  # GPTQ, or round to nearest
+    per_token: set[str]  # groups whose activations are scaled per token
+
+
+def _dynamic_candidate(model: ir.Model, how: _How, keep_float: set[str]) -> dict[str, Any]:
+    factors, rounding = how.factors, how.rounding
     targets = matmul_targets(model.graph)
+    tokens: set[str] = set()
     folded = {"norm": 0, "producer": 0, "mul": 0}  # where the smoothing division went
     quantize: list[Target] = []
+    hessians: dict[str, Callable[[], HessianFactor]] = {}
     kept: list[str] = []
     for g in group_targets(targets):
         if g.activation.name in keep_float:
@@ -150,8 +216,14 @@ def _dynamic_candidate(model: ir.Model, factors: Factors, keep_float: set[str]) 
         if s is not None:
             folded[apply_smoothing(model.graph, g, s, targets)] += 1
         quantize.extend(g.targets)
-    apply_dynamic_int8(model, quantize)
-    return {"folded": folded, "matmuls_quantized": len(quantize), "float_projections": kept}
+        if g.activation.name in how.per_token:
+            tokens.update(t.name for t in g.targets)
+        if rounding is not None:
+            make = rounding.factor(g.activation.name or "")
+            hessians.update((t.name, make) for t in g.targets)
+    apply_dynamic_int8(model, quantize, hessians, frozenset(tokens))
+    return {"folded": folded, "matmuls_quantized": len(quantize), "float_projections": kept,
+            "per_token_projections": sorted(tokens)}  # fmt: skip
 
 
 def _swap_graph(model: ir.Model, candidate: ir.Model) -> None:

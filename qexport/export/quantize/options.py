@@ -34,6 +34,9 @@ class QuantOptions:
     accuracy_level: int | None = None  # None: 4 on CPU, unset (0) for CUDA
     calibration: str | Path | None = None  # a text per line; None: qexport.texts.BUILTIN_TEXTS
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9)  # SmoothQuant strengths tried per group
+    # int8-dynamic: activations scaled per token: none, auto, all (all: MiniLM held-out min cosine
+    # 0.9957 with SmoothQuant, 0.9609 per tensor; docs/benchmarks.md, issue 28)
+    per_token: str = "all"
     min_cosine: float | None = None  # embed: None: BARS[precision]
     max_logodds_diff: float | None = None  # rerank: None: LOGODDS_BARS[precision]
     check: bool = True  # run the check texts (int8-dynamic always calibrates)

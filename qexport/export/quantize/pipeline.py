@@ -48,7 +48,11 @@ def quantize_model(
             nbits = nbits_settings(plan, opts)
             quant.info.update(quantize_weight_only(model, scratch, quant, plan, nbits))
         else:
-            quant.info.update(quantize_dynamic(model, scratch, quant, opts.alphas))
+            quant.info.update(
+                quantize_dynamic(
+                    model, scratch, quant, opts.alphas, plan.method, plan.damp, opts.per_token
+                )
+            )
     quant.info["unquantized"] = UNQUANTIZED[task.name]
     quant.weight_bytes = initializer_bytes(model)
     return quant

@@ -69,19 +69,31 @@ def smoothing_factors(w: np.ndarray, act_absmax: np.ndarray, alpha: float) -> np
 
 
 def simulated_error(
-    x: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray, s: np.ndarray | None
+    x: np.ndarray,
+    w: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    s: np.ndarray | None,
+    per_token: bool = False,
 ) -> float:
     """Relative error ||Q(X/s) Q(sW) - XW|| / ||XW|| of DynamicQuantizeMatMul's arithmetic on
-    sample rows X: activations uint8 over the calibration range (DynamicQuantizeLinear),
-    weights int8 per column (dynamic.quantize_per_channel)."""
+    sample rows X: activations uint8 over the calibration range (DynamicQuantizeLinear), or
+    per token (each row over its own |max|: dynamic._per_token_input), weights int8 per
+    column (dynamic.quantize_per_channel)."""
     from .dynamic import quantize_per_channel
 
     if s is not None:
         x, w, lo, hi = x / s, w * s[:, None], lo / s, hi / s
+    r = np.ones((len(x), 1), dtype=np.float32)
+    if per_token:
+        r = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12)
+        x = x / r
+        lo, hi = x.min(axis=0), x.max(axis=0)
     rmin, rmax = min(float(lo.min()), 0.0), max(float(hi.max()), 0.0)
     scale = (rmax - rmin) / 255.0 or 1.0
     zp = float(np.clip(np.round(-rmin / scale), 0, 255))
     xq = (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale
+    x, xq = x * r, xq * r
     wq, ws = quantize_per_channel(w)
     y = x.astype(np.float64) @ w
     yq = xq.astype(np.float64) @ (wq.astype(np.float64) * ws)
