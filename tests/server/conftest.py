@@ -38,16 +38,21 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def serve_command(artifact: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "qexport.cli", "-q", "serve", str(artifact), "--device", "cpu",
+def serve_command(artifact: Path | list[Path], *args: str) -> list[str]:
+    """`qexport serve` on one artifact or several (one process serving them all)."""
+    folders = [str(a) for a in (artifact if isinstance(artifact, list) else [artifact])]
+    return [sys.executable, "-m", "qexport.cli", "-q", "serve", *folders, "--device", "cpu",
             *args]  # fmt: skip
 
 
 @contextlib.contextmanager
 def qexport_serve(
-    artifact: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    artifact: Path | list[Path],
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Served]:
-    """`qexport serve ARTIFACT --port FREE ARGS...`, up and healthy; stopped on exit."""
+    """`qexport serve ARTIFACT... --port FREE ARGS...`, up and healthy; stopped on exit."""
     port = free_port()
     log_path = tmp_path / f"serve-{port}.log"
     log = open(log_path, "wb")

@@ -6,53 +6,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.rerank.conftest import DOCS, QUERIES, rerank_ckpt, rerank_fp32, reranker_tokenizer  # noqa: F401
-from tests.server.conftest import Served, free_port, httpx
+from tests.server.conftest import free_port, httpx, qexport_serve
 
 TEXTS = ["The capital of China is Beijing.", "Gravity attracts bodies.", "中文 text"]
 
 
-@contextlib.contextmanager
-def serve_many(artifacts: list[Path], log_dir: Path, *args: str) -> Iterator[Served]:
+def serve_many(artifacts: list[Path], log_dir: Path, *args: str):  # type: ignore[no-untyped-def]
     """`qexport serve A B ... --port FREE ARGS...` on 127.0.0.1, up and healthy."""
-    port = free_port()
-    log_path = log_dir / f"serve-{port}.log"
-    with open(log_path, "wb") as log:
-        cmd = [sys.executable, "-m", "qexport.cli", "-q", "serve", *map(str, artifacts),
-               "--device", "cpu", "--port", str(port), *args]  # fmt: skip
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        served = Served(f"http://127.0.0.1:{port}", port, proc, log_path)
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                assert proc.poll() is None, served.log_text()
-                try:
-                    if httpx.get(f"{served.base}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "qexport serve did not come up"
-                time.sleep(0.1)
-            yield served
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+    return qexport_serve(artifacts, log_dir, *args)
 
 
 @pytest.fixture(scope="module")
