@@ -23,8 +23,8 @@ LIMITS: tuple[tuple[str, type, float, str], ...] = (
     ("--max-wait-ms", float, 5.0, "how long the batcher waits for more requests (default 5 ms)"),
     ("--max-queue", int, 256, "requests in flight before 503 (default 256)"),
     ("--max-items", int, 2048, "inputs per request at most"),
-    ("--max-request-tokens", int, 1_000_000, "tokens per request at most"),
-    ("--max-body-bytes", int, 8 << 20, "request body bytes (default 8 MiB)"),
+    ("--max-request-tokens", int, 300_000, "tokens per request at most (default 300000)"),
+    ("--max-body-bytes", int, 4 << 20, "request body bytes (default 4 MiB)"),
     ("--request-timeout-s", float, 300.0, "answer within this many seconds or 504 (default 300)"),
     (
         "--read-timeout-s",

@@ -17,7 +17,7 @@ from tests.server.test_limits import GROWTH_LIMIT, MiB, peak_rss_during, post_or
 
 psutil = pytest.importorskip("psutil")
 
-DEFAULT_BODY = 8 * MiB  # qexport serve's default --max-body-bytes
+DEFAULT_BODY = 4 * MiB  # qexport serve's default --max-body-bytes
 JSON = {"content-type": "application/json"}
 
 
@@ -95,7 +95,7 @@ def test_hostile_json_shapes_cost_bounded_memory(tiny_artifact, tmp_path):
         # the 60 MiB bodies: past the default body limit, refused before reading
         r = measure("60 MiB", pid, lambda: post_or_broken(url, content=_lists(60 * MiB)))
         if isinstance(r, httpx.Response):
-            assert r.status_code == 413 and "at most 8388608" in r.text, r.text
+            assert r.status_code == 413 and "at most 4194304" in r.text, r.text
         ok = httpx.post(url, json={"input": ["still", "serving"]}, timeout=60)
         assert ok.status_code == 200 and len(ok.json()["data"]) == 2
 
