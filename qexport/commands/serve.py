@@ -11,12 +11,12 @@ import os
 import sys
 from typing import Any
 
+from ..server.config import KEY_ENV
 from ..util import install_hint
 from .errors import UsageError
 from .options import from_args
 
 SERVE_HINT = install_hint("qexport serve (FastAPI, uvicorn)", "serve")
-KEY_ENV = "QEXPORT_API_KEY"
 
 # the numeric limits: flag, type, default, help
 LIMITS: tuple[tuple[str, type, float, str], ...] = (
@@ -24,8 +24,8 @@ LIMITS: tuple[tuple[str, type, float, str], ...] = (
     ("--max-wait-ms", float, 5.0, "how long the batcher waits for more requests (default 5 ms)"),
     ("--max-queue", int, 256, "requests in flight before 503 (default 256)"),
     ("--max-items", int, 2048, "inputs per request at most"),
-    ("--max-request-tokens", int, 1_000_000, "tokens per request at most"),
-    ("--max-body-bytes", int, 64 << 20, "request body bytes (default 64 MiB)"),
+    ("--max-request-tokens", int, 300_000, "tokens per request at most (default 300000)"),
+    ("--max-body-bytes", int, 4 << 20, "request body bytes (default 4 MiB)"),
     ("--request-timeout-s", float, 300.0, "answer within this many seconds or 504 (default 300)"),
     (
         "--read-timeout-s",
@@ -121,15 +121,14 @@ def run(args: argparse.Namespace) -> int:
     ):
         raise UsageError(SERVE_HINT)
     _check(args)
-    from ..server.config import ServerConfig
+    from ..server.config import ServerConfig, api_key
     from ..server.run import bind, exposure_warning, serve
 
-    config = from_args(
-        ServerConfig,
-        args,
-        api_key=args.api_key if args.api_key is not None else os.environ.get(KEY_ENV) or None,
-        metrics=not args.no_metrics,
-    )
+    try:
+        key = api_key(args.api_key, os.environ)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config = from_args(ServerConfig, args, api_key=key, metrics=not args.no_metrics)
     try:
         config.check()
     except ValueError as exc:  # name the option as the user typed it

@@ -6,6 +6,8 @@ Exit 0 pass, 1 below a threshold, 2 usage error."""
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
@@ -103,6 +105,18 @@ def read_texts(path: str) -> list[str]:
         raise UsageError(str(exc)) from None
 
 
+def _check_report_folder(folder: str) -> None:
+    """Create `folder` and write a file in it now, so that a report that cannot be written fails
+    before the validation runs, not after."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UsageError(f"--report {folder}: cannot write a report there ({why})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..manifest import ManifestError, load_manifest
     from ..validate.report import write_report
@@ -112,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         task = load_manifest(args.artifact).task
     except ManifestError as exc:
         raise UsageError(str(exc)) from None
+    if args.report:
+        _check_report_folder(args.report)
     report = run_validation(args.artifact, _options(args, task))
     for line in summary(report):
         print(line)

@@ -50,6 +50,7 @@ class Job:
     # what the future gets: complete(rows out, in input order); None: the rows themselves
     complete: Callable[[np.ndarray], Any] | None = None
     cancelled: bool = False  # set by the handler when the client disconnected or timed out
+    cancel_reason: str = "client_disconnected"  # or "deadline": the handler stopped waiting
     tokens: int = field(init=False)
     # scheduler state (under Batcher._cond)
     order: list[int] = field(init=False)  # row indices, shortest first
@@ -164,10 +165,11 @@ class Batcher:
             self._incoming.append(job)
             self._cond.notify_all()
 
-    def cancel(self, job: Job) -> None:
-        """Drop a job before its next forward pass (client gone, deadline passed)."""
+    def cancel(self, job: Job, reason: str = "client_disconnected") -> None:
+        """Drop a job before its next forward pass; `reason`: "client_disconnected" (the client
+        left) or "deadline" (the handler stopped waiting), the label of the drop."""
         with self._cond:
-            job.cancelled = True
+            job.cancelled, job.cancel_reason = True, reason
             self._cond.notify_all()
 
     # -- scheduling (under self._cond) --------------------------------------------------------
@@ -195,7 +197,7 @@ class Batcher:
             if job.done:
                 continue
             if job.cancelled or now >= job.deadline:
-                reason = "client_disconnected" if job.cancelled else "deadline"
+                reason = job.cancel_reason if job.cancelled else "deadline"
                 self.on_drop(reason)
                 self._finish(job, None, TimeoutError("request dropped: " + reason))
                 continue

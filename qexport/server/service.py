@@ -118,8 +118,9 @@ class Service:
         finally:
             watcher.cancel()
         if job.future not in done:
-            self.batcher.cancel(job)
-            if watcher in done:  # nobody is listening any more
+            left = watcher in done
+            self.batcher.cancel(job, "client_disconnected" if left else "deadline")
+            if left:  # nobody is listening any more
                 self.metrics.refuse("client_disconnected")
                 return None
             raise self._late()

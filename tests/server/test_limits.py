@@ -61,24 +61,24 @@ def post_or_broken(url: str, **kw: object) -> httpx.Response | str:
 def test_oversized_bodies_and_texts_cost_little_memory(tiny_artifact, tmp_path):
     with qexport_serve(tiny_artifact, tmp_path, "--max-request-tokens", "4096") as srv:
         url = f"{srv.base}/v1/embeddings"
-        # 70 MiB sent chunked (no Content-Length): refused once 64 MiB have arrived
+        # 70 MiB sent chunked (no Content-Length): refused once 4 MiB have arrived
         r, before, peak = peak_rss_during(
             srv.proc.pid, lambda: post_or_broken(url, content=chunks(70 * MiB))
         )
         if isinstance(r, httpx.Response):
             assert r.status_code == 413, r.text
-            assert "request body passed 67108864 bytes" in r.json()["error"]["message"]
+            assert "request body passed 4194304 bytes" in r.json()["error"]["message"]
         refused = 'qexport_refusals_total{reason="body_too_large"}'
         assert metric(srv.base, refused) == 1.0, r
         print(f"RSS growth {(peak - before) / MiB:.0f} MiB")
         assert peak - before < GROWTH_LIMIT, (before, peak)
 
         # Content-Length over the limit: refused before reading
-        r = post_or_broken(url, content=b"x" * (64 * MiB + 1))
+        r = post_or_broken(url, content=b"x" * (4 * MiB + 1))
         assert metric(srv.base, refused) == 2.0, r
 
-        # one 8 MiB text: tokenised from a prefix only, 413 above 4096 tokens
-        big = "word " * (8 * MiB // 5)
+        # one 3 MiB text: tokenised from a prefix only, 413 above 4096 tokens
+        big = "word " * (3 * MiB // 5)
         r, before, peak = peak_rss_during(
             srv.proc.pid, lambda: httpx.post(url, json={"input": big}, timeout=60)
         )
@@ -87,8 +87,8 @@ def test_oversized_bodies_and_texts_cost_little_memory(tiny_artifact, tmp_path):
         print(f"RSS growth {(peak - before) / MiB:.0f} MiB")
         assert peak - before < GROWTH_LIMIT, (before, peak)
 
-        # 8 MiB in 2048 texts: counting stops at the first group past the limit
-        many = ["word " * 800] * 2048
+        # 3 MiB in 2048 texts: counting stops at the first group past the limit
+        many = ["word " * 300] * 2048
         r, before, peak = peak_rss_during(
             srv.proc.pid, lambda: httpx.post(url, json={"input": many}, timeout=60)
         )
@@ -102,8 +102,8 @@ def test_oversized_bodies_and_texts_cost_little_memory(tiny_artifact, tmp_path):
 
 
 def test_bodies_of_millions_of_tiny_strings_are_refused_before_parsing(tiny_artifact, tmp_path):
-    """json.loads of 8 MiB of `"ab",` would cost ~100 MB; the strings are counted first."""
-    body = b'{"input": [' + b'"ab",' * ((8 * MiB) // 5) + b'"ab"]}'
+    """json.loads of 8 MiB of `"ab",` would cost ~100 MB; the values are counted first."""
+    body = b'{"input": [' + b'"ab",' * ((3 * MiB) // 5) + b'"ab"]}'
     legit = ['word "quoted" \\ back ' * 2000] * 40  # 1.7 MiB with escapes: must pass the scan
     with qexport_serve(tiny_artifact, tmp_path, "--max-request-tokens", "4096") as srv:
         url = f"{srv.base}/v1/embeddings"
@@ -111,7 +111,7 @@ def test_bodies_of_millions_of_tiny_strings_are_refused_before_parsing(tiny_arti
         post = lambda: httpx.post(url, content=body, headers=headers, timeout=60)  # noqa: E731
         r, before, peak = peak_rss_during(srv.proc.pid, post)
         assert r.status_code == 413, r.text  # type: ignore[union-attr]
-        assert "holds more than 2112 strings" in r.json()["error"]["message"]  # type: ignore[union-attr]
+        assert "holds more than 8448 JSON values" in r.json()["error"]["message"]  # type: ignore[union-attr]
         print(f"RSS growth {(peak - before) / MiB:.0f} MiB")
         assert peak - before < 50 * MiB, (before, peak)
         r = httpx.post(url, json={"input": legit}, timeout=60)
