@@ -12,7 +12,7 @@ then measured in fresh processes:
   --repeats passes, one process per wheel, the same artifact and thread count).
 
     python bench/bench_install.py --artifact /tmp/minilm --docs 256 --repeats 5 \
-        --out docs/install-2026-12-04.json
+        --out docs/install-2026-12-04.json [--ort-version 1.31.1]
 
 Run it on a quiet machine (`flock /tmp/qexport-heavy.lock ...`).
 """
@@ -67,11 +67,15 @@ def _site_mb(venv: Path) -> float:
     return total / 2**20
 
 
-def build(venv: Path, extra: str, src: Path) -> dict:
+WHEEL = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}
+
+
+def build(venv: Path, extra: str, src: Path, ort_version: str | None) -> dict:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
     subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=False)
-    subprocess.run([py, "-m", "pip", "install", "-q", f"{src}[{extra}]"], check=True)
+    pin = [f"{WHEEL[extra]}=={ort_version}"] if ort_version else []
+    subprocess.run([py, "-m", "pip", "install", "-q", f"{src}[{extra}]", *pin], check=True)
     out = subprocess.run(
         [py, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
     )
@@ -108,6 +112,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--extras", nargs="+", default=["cpu", "gpu"])
+    p.add_argument("--ort-version", default=None, help="pin both wheels to this release")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     corpus = DATA / "scifact" / "corpus.jsonl"
@@ -129,7 +134,7 @@ def main() -> None:
         for extra in args.extras:
             venv = Path(tmp) / f"venv-{extra}"
             start = time.perf_counter()
-            info = build(venv, extra, src)
+            info = build(venv, extra, src, args.ort_version)
             info["install_s"] = round(time.perf_counter() - start, 1)
             info |= measure(str(venv / "bin" / "python"), args.artifact, str(docs_file), args)
             results["installs"][extra] = info
