@@ -20,9 +20,12 @@ def test_serve_arguments_fill_every_server_config_field_they_name() -> None:
          "--max-items", "9", "--max-request-tokens", "99", "--max-body-bytes", "1234",
          "--request-timeout-s", "12", "--read-timeout-s", "4", "--max-batch-tokens", "512"]
     )  # fmt: skip
+    # --model-name (= --name) names each served artifact (args.names, passed per model to
+    # create_app), not the one config: several artifacts share a ServerConfig
+    assert args.names == ["m"]
     got = from_args(ServerConfig, args, api_key="k", metrics=False)
     want = ServerConfig(
-        model_name="m", max_wait_ms=7.0, max_queue=3, max_items=9, max_request_tokens=99,
+        model_name=None, max_wait_ms=7.0, max_queue=3, max_items=9, max_request_tokens=99,
         max_body_bytes=1234, api_key="k", request_timeout_s=12.0, read_timeout_s=4.0,
         metrics=False,
     )  # fmt: skip
