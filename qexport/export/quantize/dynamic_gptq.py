@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gptq import DAMP, HessianFactor, hessian_factor
+from .gptq import DAMP, HessianFactor, prepare
 
 QMAX = 127  # symmetric int8: codes in [-127, 127], as dynamic.quantize_per_channel
 CLIP_RATIOS = (1.0, 0.98, 0.95, 0.92, 0.9, 0.85)
@@ -40,12 +40,7 @@ def gptq_per_channel(
     """(int8 codes [K, N], scales fp32 [N]) of w [K, N] by GPTQ with H = X^T X [K, K] (or its
     hessian_factor, which then carries the damping)."""
     k, n = w.shape
-    factor = h if isinstance(h, HessianFactor) else hessian_factor(h, damp)
-    if factor.u.shape != (k, k):
-        raise ValueError(f"H must be [{k}, {k}], got {list(factor.u.shape)}")
-    u = factor.u
-    wt = w.T.astype(np.float32)  # [N, K]
-    wt[:, factor.dead] = 0.0
+    u, wt = prepare(w, h, damp)
     scale = column_scales(wt.T)
     q = np.zeros((n, k), dtype=np.int8)
     for i1 in range(0, k, LAZY):

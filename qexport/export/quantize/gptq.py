@@ -154,6 +154,21 @@ def _inverse_lower(lower: np.ndarray) -> np.ndarray:
     return out
 
 
+def prepare(
+    w: np.ndarray, h: np.ndarray | HessianFactor, damp: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """What every GPTQ variant starts from: (U of H^-1 = U^T U [K, K], w^T as float32 [N, K]
+    with the dead input channels zeroed: rows are output columns, as in the paper). `h` is
+    H = X^T X or its hessian_factor (which then carries the damping)."""
+    k = w.shape[0]
+    factor = h if isinstance(h, HessianFactor) else hessian_factor(h, damp)
+    if factor.u.shape != (k, k):
+        raise ValueError(f"H must be [{k}, {k}], got {list(factor.u.shape)}")
+    wt = w.T.astype(np.float32)
+    wt[:, factor.dead] = 0.0
+    return factor.u, wt
+
+
 def hessian_factor(h: np.ndarray, damp: float = DAMP) -> HessianFactor:
     """Dead channels get H = 1 (their weights are zeroed), mean(diag H) x damp is added to the
     diagonal, then U, upper, with (H)^-1 = U^T U. With R reversing the channel order and
@@ -183,12 +198,7 @@ def gptq(
     """GPTQ of w [K, N] (float) with H = X^T X [K, K] from calibration activations (or its
     hessian_factor, which then carries the damping)."""
     k, n = w.shape
-    factor = h if isinstance(h, HessianFactor) else hessian_factor(h, damp)
-    if factor.u.shape != (k, k):
-        raise ValueError(f"H must be [{k}, {k}], got {list(factor.u.shape)}")
-    u = factor.u
-    wt = w.T.astype(np.float32)  # [N, K]: rows are output columns, as in the paper
-    wt[:, factor.dead] = 0.0
+    u, wt = prepare(w, h, damp)
     q = np.zeros((n, k), dtype=np.uint8)
     k_blocks = (k + block_size - 1) // block_size
     scales = np.zeros((n, k_blocks), dtype=w.dtype)
