@@ -111,6 +111,8 @@ def client(rerank_fp32):  # type: ignore[no-untyped-def]
         ({"query": "q", "documents": ["a", ""]}, 400, r"documents\[1\] is an empty string"),
         ({"query": "q", "documents": [{"txt": "a"}]}, 400, r"documents\[0\] is an object without"),
         ({"query": "q", "documents": ["a"], "instruction": ""}, 400, "instruction is an empty"),
+        ({"query": "q", "documents": ["a"], "max_tokens_per_doc": 0}, 422, "max_tokens_per_doc"),
+        ({"query": "q", "documents": ["a"], "max_tokens_per_doc": "x"}, 422, "max_tokens_per_doc"),
         ({"query": "q", "documents": ["a"] * 5}, 413, "at most 4 per request"),
         ({"query": "q", "documents": ["word " * 500]}, 413, "at most 400"),
         ({"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n"),
