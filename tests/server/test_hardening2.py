@@ -175,14 +175,16 @@ def _healthy(base: str, proc: subprocess.Popen) -> bool:
 
 
 def test_requests_dropped_at_their_deadline_are_counted_as_deadline(tiny_artifact, tmp_path):
-    """One long request (hundreds of forward passes of 64 tokens) past a 1 s deadline: 504,
-    and the batcher drops its rows with reason `deadline`, not `client_disconnected`."""
-    texts = [f"text number {i} " + "lorem ipsum dolor sit amet " * 10 for i in range(256)]
-    args = ("--request-timeout-s", "1", "--max-batch-tokens", "64")
+    """One long request past a 0.5 s deadline: 504, and the batcher drops its rows with reason
+    `deadline`, not `client_disconnected`. The request is 256 rows of ~850 tokens, each its own
+    forward pass (--max-batch-tokens 64): about 3 s of work on an idle 2-core machine (0.6 s at
+    ~290 tokens a row was too little: an idle CI machine answered it within 1 s)."""
+    texts = [f"text number {i} " + "lorem ipsum dolor sit amet " * 30 for i in range(256)]
+    args = ("--request-timeout-s", "0.5", "--max-batch-tokens", "64")
     with qexport_serve(tiny_artifact, tmp_path, *args) as srv:
         r = httpx.post(f"{srv.base}/v1/embeddings", json={"input": texts}, timeout=120)
         assert r.status_code == 504, r.text
-        assert "not answered within 1 s" in r.json()["error"]["message"]
+        assert "not answered within 0.5 s" in r.json()["error"]["message"]
         wait_until(
             lambda: metric(srv.base, 'qexport_refusals_total{reason="dropped_deadline"}') == 1,
             what="the drop counted",
@@ -193,7 +195,7 @@ def test_requests_dropped_at_their_deadline_are_counted_as_deadline(tiny_artifac
 
         # a client that leaves before its answer is still counted as one that left
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{srv.base}/v1/embeddings", json={"input": texts}, timeout=0.5)
+            httpx.post(f"{srv.base}/v1/embeddings", json={"input": texts}, timeout=0.2)
         wait_until(
             lambda: (
                 metric(srv.base, 'qexport_refusals_total{reason="dropped_client_disconnected"}')
