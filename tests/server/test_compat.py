@@ -105,8 +105,11 @@ def test_jina_request_shape(both, rr):
     assert r.status_code == 400 and 'without a string "text"' in r.json()["error"]["message"]
 
 
-def test_hf_inference_client_feature_extraction(both, emb):
+def test_hf_inference_client_feature_extraction(both, emb, monkeypatch):
     hub = pytest.importorskip("huggingface_hub")
+    # CI runs with HF_HUB_OFFLINE=1 (no hub here), which makes the client refuse every URL,
+    # this local server's too; a user of a local server runs without it
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     client = hub.InferenceClient(base_url=both.base)
     got = client.feature_extraction(TEXTS[0])  # POST / with {"inputs": ...}
     np.testing.assert_allclose(np.asarray(got).reshape(-1), emb.embed(TEXTS[:1])[0], atol=1e-5)
