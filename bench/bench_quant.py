@@ -237,6 +237,10 @@ def main() -> None:
             row["torch_tps"] = round(torch_tps, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
     print()
     print(
         "| model | variant | size MB | proj. weights MB | int8 proj. | check min cos | min / mean cos vs fp32 (held-out) | min cos vs PyTorch | STS-B (delta) | texts/s | vs fp32 | vs PyTorch | one query ms | export s | peak RSS MB |"
