@@ -114,11 +114,6 @@ def cut_documents(rr: Reranker, docs: list[str], max_tokens: int) -> list[str]:
     return out
 
 
-def details(reranker: Reranker) -> dict[str, Any]:
-    """The rerank lines of /health (none beyond the shared ones)."""
-    return {}
-
-
 def _encode(
     rr: Reranker, cfg: ServerConfig, query: str, docs: list[str], req: Any
 ) -> tuple[list[list[int]], int]:
