@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from common import DATA, SHARED
 
 VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy level 4
@@ -35,11 +36,12 @@ VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy
         ["--method", "rtn", "--zero-points", "symmetric", "--min-cosine", "0.5"],
     ),
     ("int8-dynamic", "int8-dynamic", []),
+    ("int8-dynamic (per-tensor)", "int8-dynamic", ["--activation-scales", "per-tensor"]),
     # the peer row: onnxruntime's stock quantize_dynamic(per_channel=True, QInt8) applied to
     # qexport's fp32 artifact (what sentence-transformers' / optimum's int8 ONNX export gives)
     ("onnxruntime quantize_dynamic per-channel (peer)", "ort-peer", []),
 ]
-QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic", "onnxruntime quantize_dynamic per-channel (peer)")  # fmt: skip
+QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic", "int8-dynamic (per-tensor)", "onnxruntime quantize_dynamic per-channel (peer)")  # fmt: skip
 
 
 def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
@@ -53,6 +55,9 @@ def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
         method=flags.get("--method"),
         symmetric=None if zero_points is None else zero_points == "symmetric",
         min_cosine=float(flags["--min-cosine"]) if "--min-cosine" in flags else None,
+        per_token={"per-token": "all", "per-tensor": "none", "auto": "auto"}[
+            flags.get("--activation-scales", "per-token")
+        ],
     )
 
 
@@ -136,12 +141,26 @@ def throughput(fn, texts: list[str], repeats: int) -> float:  # type: ignore[no-
     return len(texts) / statistics.median(times)
 
 
+def one_query_ms(emb, queries: list[str], repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Median latency of one text per call (the search-query case), after a warm-up call."""
+    emb.embed(queries[:1])
+    times = []
+    for _ in range(repeats):
+        for q in queries:
+            start = time.perf_counter()
+            emb.embed([q])
+            times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path("/tmp/bench-quant"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--texts", type=int, default=512, help="STS-B sentences for speed/fidelity")
     p.add_argument("--models", default="minilm,qwen3")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated labels to run (fp32 always runs: the baseline)")  # fmt: skip
     args = p.parse_args()
     import warnings
 
@@ -176,7 +195,11 @@ def main() -> None:
             )
             torch_fn = lambda t, ref=ref: ref.embed(t, batch_size=32)  # noqa: E731
             variants = [v for v in VARIANTS if v[0] in QWEN3_VARIANTS]
+        if args.variants:
+            keep = {"fp32", *args.variants.split(",")}
+            variants = [v for v in variants if v[0] in keep]
         torch_tps = throughput(torch_fn, texts, args.repeats)
+        torch_vecs = np.asarray(torch_fn(texts), dtype=np.float32)
         base_emb = base_tps = base_sts = None
         for label, precision, extra in variants:
             out = (
@@ -200,7 +223,10 @@ def main() -> None:
                     base_emb, base_tps = vecs, tps
                 cos = row_cosines(vecs, base_emb)
                 row.update(tps=round(tps, 1), vs_fp32=round(tps / base_tps, 2),
-                           vs_torch=round(tps / torch_tps, 2), min_cos_fp32=round(float(cos.min()), 5))  # fmt: skip
+                           vs_torch=round(tps / torch_tps, 2), min_cos_fp32=round(float(cos.min()), 5),
+                           mean_cos_fp32=round(float(cos.mean()), 5),
+                           min_cos_torch=round(float(row_cosines(vecs, torch_vecs).min()), 5),
+                           query_ms=one_query_ms(emb, texts[:40], args.repeats))  # fmt: skip
                 if model_name == "minilm":
                     all_emb = emb.embed(pairs.sentences, batch_size=64)
                     n = len(pairs.sentences1)
@@ -211,19 +237,25 @@ def main() -> None:
             row["torch_tps"] = round(torch_tps, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
     print()
     print(
-        "| model | variant | size MB | proj. weights MB | int8 proj. | check min cos | min cos vs fp32 (held-out) | STS-B (delta) | texts/s | vs fp32 | vs PyTorch | export s | peak RSS MB |"
+        "| model | variant | size MB | proj. weights MB | int8 proj. | check min cos | min / mean cos vs fp32 (held-out) | min cos vs PyTorch | STS-B (delta) | texts/s | vs fp32 | vs PyTorch | one query ms | export s | peak RSS MB |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     for r in rows:
         if "error" in r:
             print(
-                f"| {r['model']} | {r['variant']} | refused: {r['error'][:160]} | | | | | | | | | {r['export_s']} | {r.get('peak_mb')} |"
+                f"| {r['model']} | {r['variant']} | refused: {r['error'][:160]} | | | | | | | | | | | {r['export_s']} | {r.get('peak_mb')} |"
             )
             continue
         sts = f"{r['stsb']:.4f} ({r['stsb_delta']:+.4f})" if "stsb" in r else "-"
-        print(f"| {r['model']} | {r['variant']} | {r['size_mb']} | {r.get('proj_mb') or '-'} | {r.get('int8_projections', 0)} | {r.get('check_min_cos') or '-'} | {r['min_cos_fp32']:.4f} | {sts} | {r['tps']} | {r['vs_fp32']}x | {r['vs_torch']}x | {r['export_s']} | {r.get('peak_mb') or '-'} |")  # fmt: skip
+        print(f"| {r['model']} | {r['variant']} | {r['size_mb']} | {r.get('proj_mb') or '-'} | {r.get('int8_projections', 0)} | {r.get('check_min_cos') or '-'} | {r['min_cos_fp32']:.5f} / {r['mean_cos_fp32']:.5f} | {r['min_cos_torch']:.5f} | {sts} | {r['tps']} | {r['vs_fp32']}x | {r['vs_torch']}x | {r['query_ms']} | {r['export_s']} | {r.get('peak_mb') or '-'} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from bench_server import _version, cpu_seconds, free_port
-from common import DATA, REPO, SHARED
+from common import DATA, REPO, SHARED, start_serve
 
 sys.path.insert(0, str(REPO))
 
@@ -64,22 +64,7 @@ def build(out: Path, layers: int) -> Path:
 
 
 def start_server(artifact: Path, checkout: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "qexport.cli", "-q", "serve", str(artifact), "--device", "cpu",
-           "--port", str(port)]  # fmt: skip
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": checkout}
-    # run from the checkout: `python -m` puts the working directory first on sys.path
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            cwd=checkout)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"qexport serve from {checkout} exited"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_serve([str(artifact)], port, env={"PYTHONPATH": checkout}, cwd=checkout)
 
 
 def passes(base: str) -> float:

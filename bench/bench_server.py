@@ -19,7 +19,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import DATA
+from common import DATA, start_serve
 
 KEY = "bench-key"
 VERSIONED = ("onnxruntime", "tokenizers", "fastapi", "uvicorn", "h11", "httpx", "prometheus-client")
@@ -58,23 +57,8 @@ def free_port() -> int:
 
 
 def start_server(artifact: str, port: int, secure: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "qexport.cli", "-q", "serve", artifact, "--device", "cpu",
-           "--port", str(port)]  # fmt: skip
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    if secure:
-        env["QEXPORT_API_KEY"] = KEY
-    else:
-        cmd.append("--no-metrics")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    env = {"QEXPORT_API_KEY": KEY} if secure else {}
+    return start_serve([artifact] + ([] if secure else ["--no-metrics"]), port, env=env)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -215,18 +199,9 @@ def two_models(emb: str, rr: str, clients: int, seconds: float) -> None:
     out: dict[str, dict[str, tuple[float, float]]] = {"alone": {}, "together": {}}
     for kind, artifacts in (("embed", [emb]), ("rerank", [rr]), ("both", [emb, rr])):
         port = free_port()
-        cmd = [sys.executable, "-m", "qexport.cli", "-q", "serve", *artifacts, "--device", "cpu",
-               "--port", str(port), "--no-verify"]  # fmt: skip
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        proc = start_serve([*artifacts, "--no-verify"], port)
         base = f"http://127.0.0.1:{port}"
         try:
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
             if kind != "both":
                 out["alone"][kind] = closed_loop(base, *runs[kind][:2], clients, seconds,
                                                  runs[kind][2])  # fmt: skip

@@ -69,6 +69,19 @@ def scores_from_logits(logits: np.ndarray) -> np.ndarray:
     return sigmoid(logits)
 
 
+def check_top_n(top_n: Any) -> None:
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
+
+
+def ranked(scores: np.ndarray, top_n: int | None) -> list[tuple[int, float]]:
+    """(index, score) best first (ties: lower index first), the best `top_n` only."""
+    order = np.argsort(-scores, kind="stable")
+    if top_n is not None:
+        order = order[:top_n]
+    return [(int(i), float(scores[i])) for i in order]
+
+
 EMBED = Task(
     name="embed",
     noun="an embedding",

@@ -133,3 +133,29 @@ def test_output_dot_is_refused_without_leftovers(tmp_path):
         assert_usage_error(proc, "is the current folder or contains it")
     assert not [p.name for p in tmp_path.parent.iterdir() if ".qexport-" in p.name]
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_int8_dynamic_activation_scales(tmp_path):
+    """--activation-scales per-tensor exports int8-dynamic without the per-token scaling ops
+    (the faster, less faithful variant); the default scales every projection per token; the
+    flag is refused with any other precision."""
+    import json
+
+    import onnx
+
+    records, reduce_max = {}, {}
+    for scales in ("per-token", "per-tensor"):
+        out = tmp_path / scales
+        proc = run("onnx", "random:qwen3-tiny", "-o", str(out), "--precision", "int8-dynamic",
+                   *(["--activation-scales", scales] if scales != "per-token" else []))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        records[scales] = json.loads((out / "qexport.json").read_text())["quantization"]
+        graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+        reduce_max[scales] = sum(n.op_type == "ReduceMax" for n in graph.node)
+    quantized = records["per-token"]["matmuls_quantized"]
+    assert quantized > 0 and len(records["per-token"]["per_token_projections"]) > 0
+    assert reduce_max["per-token"] > 0  # one per scaled input (q, k, v share theirs)
+    assert records["per-tensor"]["per_token_projections"] == [] and reduce_max["per-tensor"] == 0
+    proc = run("onnx", "random:qwen3-tiny", "-o", str(tmp_path / "x"), "--activation-scales",
+               "per-tensor")  # fmt: skip
+    assert_usage_error(proc, "--activation-scales applies to --precision int8-dynamic only")

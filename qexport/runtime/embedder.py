@@ -12,27 +12,21 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..tasks import EMBED
-from .batching import DEFAULT_MAX_BATCH_TOKENS
-from .core import Prepared, RowRunner
-from .graph_scan import check_token_ids, tokenizer_max_id
-from .session import check_graph, open_artifact
-from .tokenize import Encoded, TextEncoder, check_texts, truncation_message
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
+from .core import Prepared
+from .model import TaskModel
+from .session import Opened
+from .tokenize import Encoded, TextEncoder, text_list, truncation_message
 
 # embed() tokenises this many texts at a time (sorted and packed within the window); the
 # next window is tokenised while the current one runs
 WINDOW = 2048
 
 
-class Embedder:
+class Embedder(TaskModel):
     """Embed texts with a qexport artifact.
 
     >>> emb = Embedder("out")                                   # doctest: +SKIP
@@ -51,49 +45,14 @@ class Embedder:
     commands (`serve`, `embed`, `validate`): pass it for artifacts that came from elsewhere.
     """
 
-    def __init__(
-        self,
-        artifact: str | Path,
-        device: str = "auto",
-        *,
-        threads: int | None = None,
-        verify: bool = False,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        io_binding: bool | None = None,
-        session_options: ort.SessionOptions | None = None,
-    ) -> None:
-        opened = open_artifact(
-            artifact, "embed", device, threads, verify, max_batch_tokens, session_options
-        )
-        self.path, self.manifest, self.session = opened.path, opened.manifest, opened.session
-        m = self.manifest
-        self._inputs = m.input_names
-        self._output = EMBED.output
-        check_graph(self.session, m, EMBED)
-        self.encoder = TextEncoder(
-            self.path, m.max_length, m.instruction_template, tokenizer_file=m.tokenizer_file
-        )
-        check_token_ids(opened.graph, tokenizer_max_id(self.encoder.tokenizer), "the tokenizer")
-        self.core = RowRunner(
-            self.session,
-            EMBED.output,
-            max_batch_tokens=max_batch_tokens,
-            io_binding=io_binding,
-            unit=EMBED.unit,
-            precision=m.precision,
-        )
+    task = EMBED
+    encoder: TextEncoder
 
-    @property
-    def max_batch_tokens(self) -> int:
-        return self.core.max_batch_tokens
-
-    @property
-    def on_cuda(self) -> bool:
-        return self.core.on_cuda
-
-    @property
-    def io_binding(self) -> bool:
-        return self.core.io_binding
+    def _encoder(self, opened: Opened) -> TextEncoder:
+        m = opened.manifest
+        return TextEncoder(
+            opened.path, m.max_length, m.instruction_template, tokenizer_file=m.tokenizer_file
+        )
 
     @property
     def dim(self) -> int:
@@ -103,21 +62,10 @@ class Embedder:
     def default_instruction(self) -> str | None:
         return self.manifest.default_instruction
 
-    @property
-    def providers(self) -> list[str]:
-        return list(self.session.get_providers())
-
     # -- checks -----------------------------------------------------------------------------
 
     def _check(self, texts: Sequence[str], dim: int | None) -> list[str]:
-        if isinstance(texts, str):
-            raise ValueError(
-                "texts must be a list of strings, not a single string: wrap it in a list"
-            )
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts is empty: nothing to embed")
-        check_texts(texts)
+        texts = text_list(texts, "texts", "embed")
         self._check_dim(dim)
         return texts
 

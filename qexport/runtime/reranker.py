@@ -15,61 +15,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-if TYPE_CHECKING:
-    import onnxruntime as ort
-
 from ..manifest import ManifestError, RerankPrompt
-from ..tasks import RERANK
-from ..tasks import sigmoid as sigmoid
+from ..tasks import RERANK, check_top_n, ranked
 from ..templates import check_template
-from .batching import DEFAULT_MAX_BATCH_TOKENS
-from .core import RowRunner
-from .graph_scan import check_token_ids, tokenizer_max_id
-from .session import check_graph, open_artifact
-from .tokenize import encode_bounded
+from .model import TaskModel
+from .session import Opened
+from .tokenize import TokenLimitError, check_text, encode_bounded, text_list
 
 GROUP = 64  # pairs tokenised together when counting against a token limit
-
-
-class TokenLimitError(ValueError):
-    """The pairs hold more tokens than allowed (counted before all of them were tokenised)."""
-
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(f"the pairs have at least {tokens} tokens; at most {limit}")
-        self.tokens, self.limit = tokens, limit
-
-
-def _check_text(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} is {type(value).__name__}, not str")
-    if not value:
-        raise ValueError(f"{what} is an empty string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} cannot be encoded as UTF-8 ({exc.reason})") from None
-    return value
-
-
-def check_documents(documents: Any) -> list[str]:
-    if isinstance(documents, str):
-        raise ValueError("documents must be a list of strings, not a single string")
-    try:
-        docs = list(documents)
-    except TypeError:
-        raise ValueError(
-            f"documents must be a list of strings, not {type(documents).__name__}"
-        ) from None
-    if not docs:
-        raise ValueError("documents is empty: nothing to rerank")
-    for i, d in enumerate(docs):
-        _check_text(d, f"documents[{i}]")
-    return docs
 
 
 class PairEncoder:
@@ -117,10 +75,10 @@ class PairEncoder:
         Memory stays bounded: a long document is tokenised only as far as its pair can hold,
         and with `max_tokens` pairs are tokenised in groups and counting stops at the first
         group that passes the limit (`TokenLimitError`)."""
-        query = _check_text(query, "query")
-        docs = check_documents(documents)
+        query = check_text(query, "query", empty=False)
+        docs = text_list(documents, "documents", "rerank", empty=False)
         if instruction is not None:
-            _check_text(instruction, "instruction")
+            check_text(instruction, "instruction")
         bodies = self.bodies(query, docs, instruction)
         rows: list[list[int]] = []
         truncated = total = 0
@@ -136,7 +94,7 @@ class PairEncoder:
         return rows, truncated
 
 
-class Reranker:
+class Reranker(TaskModel):
     """Rerank documents for a query with a qexport rerank artifact.
 
     >>> rr = Reranker("out")                                               # doctest: +SKIP
@@ -144,45 +102,25 @@ class Reranker:
     [(0, 0.97...), (1, 0.001...)]
     """
 
-    def __init__(
-        self,
-        artifact: str | Path,
-        device: str = "auto",
-        *,
-        threads: int | None = None,
-        verify: bool = False,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        session_options: ort.SessionOptions | None = None,
-    ) -> None:
-        opened = open_artifact(
-            artifact, "rerank", device, threads, verify, max_batch_tokens, session_options
-        )
-        self.path, self.manifest, self.session = opened.path, opened.manifest, opened.session
-        m = self.manifest
+    task = RERANK
+    encoder: PairEncoder
+
+    def _encoder(self, opened: Opened) -> PairEncoder:
+        m = opened.manifest
         if m.rerank is None:  # manifest_checks requires it for task rerank; never assumed
-            raise ManifestError(f"{str(self.path)!r}: a rerank artifact without its prompt")
-        check_graph(self.session, m, RERANK)
-        self.encoder = PairEncoder(self.path, m.rerank, m.max_length)
-        self.pad_id = m.rerank.pad_id
-        enc = self.encoder
-        ids = [tokenizer_max_id(enc.tokenizer), self.pad_id, *enc.prefix, *enc.suffix]
-        check_token_ids(opened.graph, max(ids), "the tokenizer or the manifest's prompt")
-        self.core = RowRunner(
-            self.session,
-            RERANK.output,
-            pad_id=self.pad_id,
-            max_batch_tokens=max_batch_tokens,
-            unit=RERANK.unit,
-            precision=m.precision,
-        )
+            raise ManifestError(f"{str(opened.path)!r}: a rerank artifact without its prompt")
+        return PairEncoder(opened.path, m.rerank, m.max_length)
+
+    def _prompt_ids(self) -> list[int]:
+        return [self._pad_id(), *self.encoder.prefix, *self.encoder.suffix]
+
+    def _pad_id(self) -> int:
+        assert self.manifest.rerank is not None
+        return self.manifest.rerank.pad_id
 
     @property
-    def max_batch_tokens(self) -> int:
-        return self.core.max_batch_tokens
-
-    @property
-    def providers(self) -> list[str]:
-        return list(self.session.get_providers())
+    def pad_id(self) -> int:
+        return self._pad_id()
 
     @property
     def default_instruction(self) -> str:
@@ -233,15 +171,3 @@ class Reranker:
         check_top_n(top_n)
         scores = self.score(query, documents, instruction, batch_size=batch_size)
         return ranked(scores, top_n)
-
-
-def check_top_n(top_n: Any) -> None:
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
-
-
-def ranked(scores: np.ndarray, top_n: int | None) -> list[tuple[int, float]]:
-    order = np.argsort(-scores, kind="stable")
-    if top_n is not None:
-        order = order[:top_n]
-    return [(int(i), float(scores[i])) for i in order]

@@ -30,14 +30,17 @@ class Encoded:
     clipped: int = 0  # texts tokenised from a prefix only (longer than TextEncoder.clip_chars)
 
 
-def check_text(text: object, where: str) -> None:
-    """Refuse what the tokenizer cannot take, naming it: a non-string, or a string that is
-    not valid Unicode (lone surrogates such as "a\\ud800b", which UTF-8 cannot encode).
-    ASCII strings are accepted at once (str.isascii reads a flag); others are encoded once."""
+def check_text(text: object, where: str, *, empty: bool = True) -> str:
+    """Refuse what the tokenizer cannot take, naming it: a non-string, a string that is not
+    valid Unicode (lone surrogates such as "a\\ud800b", which UTF-8 cannot encode), and with
+    `empty=False` an empty string. ASCII strings are accepted at once (str.isascii reads a
+    flag); others are encoded once."""
     if not isinstance(text, str):
         raise ValueError(f"{where} is {type(text).__name__}, not str")
+    if not empty and not text:
+        raise ValueError(f"{where} is an empty string")
     if text.isascii():
-        return
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -45,12 +48,38 @@ def check_text(text: object, where: str) -> None:
             f"{where} is not valid Unicode: {exc.reason} {text[exc.start]!r} at character "
             f"{exc.start}"
         ) from None
+    return text
 
 
-def check_texts(texts: list[str]) -> None:
-    """check_text for each: ValueError naming `texts[i]`."""
+def check_texts(texts: list[str], name: str = "texts", *, empty: bool = True) -> None:
+    """check_text for each: ValueError naming `name[i]`."""
     for i, text in enumerate(texts):
-        check_text(text, f"texts[{i}]")
+        check_text(text, f"{name}[{i}]", empty=empty)
+
+
+def text_list(value: Any, name: str, verb: str, *, empty: bool = True) -> list[str]:
+    """A list of texts from a caller (`texts` to embed, `documents` to rerank), or a ValueError
+    naming the problem: a single string, a non-iterable, an empty list, a bad item."""
+    if isinstance(value, str):
+        raise ValueError(
+            f"{name} must be a list of strings, not a single string: wrap it in a list"
+        )
+    try:
+        items = list(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of strings, not {type(value).__name__}") from None
+    if not items:
+        raise ValueError(f"{name} is empty: nothing to {verb}")
+    check_texts(items, name, empty=empty)
+    return items
+
+
+class TokenLimitError(ValueError):
+    """Rows hold more tokens than allowed (counted before all of them were tokenised)."""
+
+    def __init__(self, tokens: int, limit: int, what: str = "the pairs") -> None:
+        super().__init__(f"{what} have at least {tokens} tokens; at most {limit}")
+        self.tokens, self.limit = tokens, limit
 
 
 def encode_bounded(

@@ -32,13 +32,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..runtime.reranker import Reranker, TokenLimitError, ranked
-from ..tasks import RERANK
+from ..runtime.reranker import Reranker
+from ..runtime.tokenize import TokenLimitError
+from ..tasks import RERANK, ranked
 from .body import read_request
 from .config import ServerConfig
 from .errors import ApiError
 from .models import Registry
 from .service import Service
+from .tokens import bad_input, check_items
 
 
 class RerankRequest(BaseModel):
@@ -77,42 +79,26 @@ class RerankResponse(BaseModel):
     usage: RerankUsage
 
 
-def _bad(message: str, param: str) -> ApiError:
-    return ApiError(400, message, param, reason="bad_input")
-
-
-def _text(d: Any, i: int) -> str:
+def _text(d: Any, where: str) -> str:
     """A document: a string, or an object with a string `text` (Cohere, Jina)."""
     if isinstance(d, dict):
         if not isinstance(d.get("text"), str):
-            raise _bad(f'documents[{i}] is an object without a string "text"', "documents")
+            raise bad_input(f'{where} is an object without a string "text"', "documents")
         d = d["text"]
     if not isinstance(d, str):
-        raise _bad(
-            f'documents[{i}] is {type(d).__name__}, not a string or {{"text": string}}',
-            "documents",
+        raise bad_input(
+            f'{where} is {type(d).__name__}, not a string or {{"text": string}}', "documents"
         )
-    if not d:
-        raise _bad(f"documents[{i}] is an empty string", "documents")
     return d
 
 
 def check_query(query: Any, documents: list[Any], max_items: int) -> tuple[str, list[str]]:
     """The query and the documents' texts, or ApiError 400/413 naming the bad item."""
     if not isinstance(query, str):
-        raise _bad(f"query is {type(query).__name__}, not a string", "query")
+        raise bad_input(f"query is {type(query).__name__}, not a string", "query")
     if not query:
-        raise _bad("query is an empty string", "query")
-    if not documents:
-        raise _bad("documents is empty: send a non-empty list of strings", "documents")
-    if len(documents) > max_items:
-        raise ApiError(
-            413,
-            f"documents has {len(documents)} items; at most {max_items} per request",
-            "documents",
-            reason="too_many_items",
-        )
-    return query, [_text(d, i) for i, d in enumerate(documents)]
+        raise bad_input("query is an empty string", "query")
+    return query, check_items(documents, "documents", max_items, _text)
 
 
 def cut_documents(rr: Reranker, docs: list[str], max_tokens: int) -> list[str]:
@@ -128,11 +114,6 @@ def cut_documents(rr: Reranker, docs: list[str], max_tokens: int) -> list[str]:
     return out
 
 
-def details(reranker: Reranker) -> dict[str, Any]:
-    """The rerank lines of /health (none beyond the shared ones)."""
-    return {}
-
-
 def _encode(
     rr: Reranker, cfg: ServerConfig, query: str, docs: list[str], req: Any
 ) -> tuple[list[list[int]], int]:
@@ -140,13 +121,13 @@ def _encode(
         docs = cut_documents(rr, docs, req.max_tokens_per_doc)
     instruction = getattr(req, "instruction", None)
     if instruction is not None and not instruction:
-        raise _bad("instruction is an empty string", "instruction")
+        raise bad_input("instruction is an empty string", "instruction")
     try:
         return rr.encoder.encode(query, docs, instruction, max_tokens=cfg.max_request_tokens)
     except TokenLimitError as exc:
         raise ApiError(413, str(exc), "documents", reason="too_many_tokens") from None
     except ValueError as exc:  # e.g. a lone surrogate, named by its index
-        raise _bad(str(exc), "documents") from None
+        raise bad_input(str(exc), "documents") from None
 
 
 async def logits(

@@ -14,7 +14,7 @@ Tokenising costs ~125 bytes of RSS per token, so a request is never tokenised wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..runtime.tokenize import TextEncoder
@@ -23,38 +23,53 @@ from .errors import ApiError
 GROUP_BYTES = 256 << 10  # texts tokenised together past the bound, at most this many bytes
 
 
+def bad_input(message: str, param: str) -> ApiError:
+    return ApiError(400, message, param, reason="bad_input")
+
+
+def _string(item: Any, where: str) -> str:
+    if not isinstance(item, str):
+        raise bad_input(
+            f"{where} is {type(item).__name__}, not a string (only strings are accepted, not "
+            "token ids)",
+            where.split("[")[0],
+        )
+    return item
+
+
+def check_items(
+    items: list[Any],
+    param: str,
+    max_items: int,
+    text_of: Callable[[Any, str], str] = _string,
+    send: str = "a non-empty list of strings",
+) -> list[str]:
+    """A request's list of texts (`input`, `documents`): each item's text from `text_of`
+    (which refuses what is not one), or ApiError 400 naming the bad item, 413 past
+    `max_items`. Empty strings are refused: they have nothing to embed or rank."""
+    if not items:
+        raise bad_input(f"{param} is empty: send {send}", param)
+    if len(items) > max_items:
+        raise ApiError(
+            413,
+            f"{param} has {len(items)} items; at most {max_items} per request",
+            param,
+            reason="too_many_items",
+        )
+    texts = [text_of(item, f"{param}[{i}]") for i, item in enumerate(items)]
+    for i, text in enumerate(texts):
+        if not text:
+            raise bad_input(f"{param}[{i}] is an empty string", param)
+    return texts
+
+
 def check_texts(value: str | list[Any], max_items: int) -> list[str]:
     """The request's `input` as a list of non-empty, UTF-8-encodable strings, or ApiError."""
     if isinstance(value, str):
         if not value:
-            raise ApiError(400, "input is an empty string", "input", reason="bad_input")
+            raise bad_input("input is an empty string", "input")
         value = [value]
-    elif not value:
-        raise ApiError(
-            400,
-            "input is empty: send a string or a non-empty list of strings",
-            "input",
-            reason="bad_input",
-        )
-    if len(value) > max_items:
-        raise ApiError(
-            413,
-            f"input has {len(value)} items; at most {max_items} per request",
-            "input",
-            reason="too_many_items",
-        )
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ApiError(
-                400,
-                f"input[{i}] is {type(item).__name__}, not a string "
-                "(only strings are accepted, not token ids)",
-                "input",
-                reason="bad_input",
-            )
-        if not item:
-            raise ApiError(400, f"input[{i}] is an empty string", "input", reason="bad_input")
-    return value
+    return check_items(value, "input", max_items, send="a string or a non-empty list of strings")
 
 
 def utf8_lengths(texts: list[str]) -> list[int]:

@@ -23,6 +23,7 @@ from ..manifest import Manifest
 from ..runtime import Reranker
 from ..tasks import sigmoid
 from .checks import Check, Measured, ValidateOptions, finite, keys
+from .fidelity import rows_or_nan
 from .parity import torch_device
 
 Groups = list[tuple[str, list[str]]]  # (query, its documents)
@@ -108,18 +109,9 @@ def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _logits(rr: Reranker, q: str, docs: list[str], batch_size: int) -> np.ndarray:
-    """The artifact's log-odds; where the runtime reports NaN/Inf, pair by pair, NaN left
-    where a pair itself is not finite."""
-    try:
-        return rr.logits(q, docs, batch_size=batch_size).astype(np.float64)
-    except FloatingPointError:
-        out = np.full(len(docs), np.nan)
-        for i, d in enumerate(docs):
-            try:
-                out[i] = rr.logits(q, [d])[0]
-            except FloatingPointError:
-                pass
-        return out
+    """The artifact's log-odds, NaN where a pair is not finite (`rows_or_nan`)."""
+    run = lambda d: rr.logits(q, d, batch_size=batch_size)  # noqa: E731
+    return rows_or_nan(run, docs, ())[0].astype(np.float64)
 
 
 def agreement(rr: Reranker, card: Any, groups: Groups, batch_size: int) -> dict[str, Any]:

@@ -7,7 +7,8 @@ returns plain dicts of metrics (json-ready); thresholds are applied by the calle
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from ..export.families.qwen3 import QWEN3_QUERY_TASK
 from ..runtime import Embedder
 from ..util import renormalise, row_cosines  # importable from here too
 from .retrieval import model_key
+
+T = TypeVar("T")
 
 # The model card example of Qwen/Qwen3-Embedding-0.6B and its published score matrix
 # (queries x documents, real weights, fp32): ../shared/qwen3-embedding/README.md. Its task is
@@ -43,21 +46,29 @@ def _stats(cos: np.ndarray) -> dict[str, float]:
     }
 
 
-def embed_checked(emb: Embedder, texts: list[str], **kw: Any) -> tuple[np.ndarray, list[int]]:
-    """Embed; where the runtime reports NaN/Inf, find the texts one by one and leave their rows
-    NaN. Returns (embeddings, indices of non-finite texts)."""
+def rows_or_nan(
+    run: Callable[[list[T]], np.ndarray], items: list[T], row_shape: tuple[int, ...]
+) -> tuple[np.ndarray, list[int]]:
+    """`run(items)`; where the runtime reports NaN/Inf, run the items one by one and leave the
+    rows of those that are not finite themselves NaN. Returns (rows, indices of non-finite
+    items). For texts to embed and documents to rerank alike."""
     try:
-        return emb.embed(texts, **kw), []
+        return run(items), []
     except FloatingPointError:
         pass
-    out = np.full((len(texts), kw.get("dim") or emb.dim), np.nan, dtype=np.float32)
+    out = np.full((len(items), *row_shape), np.nan, dtype=np.float32)
     bad = []
-    for i, t in enumerate(texts):
+    for i, item in enumerate(items):
         try:
-            out[i] = emb.embed([t], **{**kw, "batch_size": 1})[0]
+            out[i] = run([item])[0]
         except FloatingPointError:
             bad.append(i)
     return out, bad
+
+
+def embed_checked(emb: Embedder, texts: list[str], **kw: Any) -> tuple[np.ndarray, list[int]]:
+    """Embed, non-finite texts found one by one and left NaN (`rows_or_nan`)."""
+    return rows_or_nan(lambda t: emb.embed(t, **kw), texts, (kw.get("dim") or emb.dim,))
 
 
 def token_counts(emb: Embedder, texts: list[str]) -> list[int]:

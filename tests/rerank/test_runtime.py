@@ -36,8 +36,8 @@ def test_rerank_is_score_sorted(rr):
         ("q", "a single string", {}, "not a single string"),
         ("q", ["ok", 3], {}, r"documents\[1\] is int, not str"),
         ("q", ["ok", ""], {}, r"documents\[1\] is an empty string"),
-        ("q", ["ok", "bad \ud800 surrogate"], {}, r"documents\[1\] cannot be encoded as UTF-8"),
-        ("q\udfff", ["ok"], {}, "query cannot be encoded as UTF-8"),
+        ("q", ["ok", "bad \ud800 surrogate"], {}, r"documents\[1\] is not valid Unicode"),
+        ("q\udfff", ["ok"], {}, "query is not valid Unicode"),
         ("q", ["ok"], {"instruction": 5}, "instruction is int"),
         ("q", ["ok"], {"top_n": 0}, "top_n must be a positive integer"),
         ("q", ["ok"], {"top_n": 1.5}, "top_n must be a positive integer"),
@@ -112,8 +112,7 @@ def test_manifest_without_task_loads_as_embed(tiny_artifact):
 def test_long_documents_tokenised_from_a_prefix_match_the_whole(rr):
     """A document far past max_length is tokenised only as far as its pair can hold; the kept
     ids equal tokenising the whole body (tokenizers, no qexport code) and cutting it."""
-    from qexport.runtime.reranker import TokenLimitError
-    from qexport.runtime.tokenize import CLIP_CHARS_PER_TOKEN, MARGIN
+    from qexport.runtime.tokenize import CLIP_CHARS_PER_TOKEN, MARGIN, TokenLimitError
 
     enc = rr.encoder
     clip = CLIP_CHARS_PER_TOKEN * (enc.body_budget + MARGIN)
