@@ -25,15 +25,17 @@ def test_a_15m_character_record_is_embedded_in_bounded_memory(tiny_artifact, tmp
     src = tmp_path / "big.jsonl"
     src.write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\n", "utf-8")
     out = tmp_path / "out.npy"
+    # VmHWM (qexport.memory.peak_rss_mb), not ru_maxrss: Linux keeps ru_maxrss across fork +
+    # exec, so a child of a large pytest process would report the parent's peak
     code = (
-        "import resource, sys; from qexport.cli import main; rc = main(sys.argv[1:]); "
-        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+        "import sys; from qexport.cli import main; from qexport.memory import peak_rss_mb; "
+        "rc = main(sys.argv[1:]); print('PEAK_MB', peak_rss_mb()); sys.exit(rc)"
     )
     argv = [sys.executable, "-c", code, "-q", "embed", str(tiny_artifact), str(src)]
     argv += ["-o", str(out), "--device", "cpu", "--no-verify"]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    peak_mb = int(r.stdout.split("PEAK_KB")[1].split()[0]) / 1024
+    peak_mb = float(r.stdout.split("PEAK_MB")[1].split()[0])
     assert peak_mb < LIMIT_MB, f"peak RSS {peak_mb:.0f} MB"
     emb = Embedder(tiny_artifact, device="cpu")
     kept = emb.encoder.encode([text], warn=False).ids[0]
