@@ -71,8 +71,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--max-batch-tokens",
         type=_positive,
-        default=16384,
-        help="padded tokens per forward pass (default 16384)",
+        default=None,
+        help="padded tokens per forward pass (default 4096 on CPU, 16384 on CUDA)",
     )
     e.add_argument("--engine", choices=("local", "ray"), default="local")
     e.add_argument("--id-column", default="id", help="id field/column (default id)")

@@ -19,8 +19,13 @@ from .options import from_args
 SERVE_HINT = install_hint("qexport serve (FastAPI, uvicorn)", "serve")
 
 # the numeric limits: flag, type, default, help
-LIMITS: tuple[tuple[str, type, float, str], ...] = (
-    ("--max-batch-tokens", int, 16384, "padded tokens per forward pass"),
+LIMITS: tuple[tuple[str, type, float | None, str], ...] = (
+    (
+        "--max-batch-tokens",
+        int,
+        None,
+        "padded tokens per forward pass (default 4096 on CPU, 16384 on CUDA)",
+    ),
     ("--max-wait-ms", float, 5.0, "how long the batcher waits for more requests (default 5 ms)"),
     ("--max-queue", int, 256, "requests in flight before 503 (default 256)"),
     ("--max-items", int, 2048, "inputs per request at most"),
@@ -81,7 +86,7 @@ def _check(args: argparse.Namespace) -> None:
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
     for name in ("max_batch_tokens", "max_connections"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     names = args.names or []
     if len(names) > len(args.artifacts):

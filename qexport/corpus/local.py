@@ -110,7 +110,7 @@ def embed_corpus_local(
     *,
     instruction: str | None = None,
     dim: int | None = None,
-    max_batch_tokens: int = 16384,
+    max_batch_tokens: int | None = None,
     id_column: str = "id",
     text_column: str = "text",
     device: str = "auto",

@@ -10,7 +10,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_TOKENS = 16384  # on CUDA, and for callers that plan without a session
+# On CPU smaller passes are faster and far lighter: all-MiniLM-L6-v2 on 400 mixed texts 47.2 vs
+# 45.8 texts/s and 66 vs 586 MiB peak at 4,096 vs 16,384; Qwen3-Reranker-0.6B widths (1
+# layer, 128 SciFact pairs of ~486 tokens) 14.0 vs 11.4 pairs/s (docs/benchmarks.md)
+CPU_MAX_BATCH_TOKENS = 4096
+
+
+def default_max_batch_tokens(on_cuda: bool) -> int:
+    """The padded tokens per forward pass a runtime uses when the caller names none."""
+    return DEFAULT_MAX_BATCH_TOKENS if on_cuda else CPU_MAX_BATCH_TOKENS
+
+
 # A batch closes early when its padding would pass this fraction of its padded size, so a
 # large budget does not sweep many short rows into one wide batch (measured on 400 mixed
 # SciFact texts: budget 16,384 padded 1.47x without it).

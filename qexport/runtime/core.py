@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
+from .batching import default_max_batch_tokens, plan_batches
 from .session import load_onnxruntime
 from .tokenize import pad_right
 
@@ -41,7 +41,8 @@ class RowRunner:
     """Run right-padded token rows through `session` and collect `output` per row.
 
     `unit` names a row in errors ("text", "pair"); `precision` is named when the output
-    overflows. `io_binding` defaults to on when the session runs on CUDA."""
+    overflows. `io_binding` defaults to on when the session runs on CUDA, `max_batch_tokens`
+    to `batching.default_max_batch_tokens` of the session's device (4,096 CPU, 16,384 CUDA)."""
 
     def __init__(
         self,
@@ -49,21 +50,20 @@ class RowRunner:
         output: str,
         *,
         pad_id: int = 0,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         io_binding: bool | None = None,
         unit: str = "row",
         precision: str = "",
     ) -> None:
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        check_budget(max_batch_tokens)
         self.session = session
         self.output = output
         self.pad_id = int(pad_id)
-        self.max_batch_tokens = max_batch_tokens
         self.unit = unit
         self.precision = precision
         self.inputs = [i.name for i in session.get_inputs()]
         self.on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.on_cuda)
         self.io_binding = self.on_cuda if io_binding is None else bool(io_binding)
         self.device_id = 0
         if self.on_cuda:
@@ -152,6 +152,16 @@ class RowRunner:
                 f"the model produced NaN/Inf for {len(bad)} {self.unit}(s) (first index "
                 f"{int(bad[0])}); {precision}may overflow for this model"
             )
+
+
+def check_budget(max_batch_tokens: int | None) -> None:
+    """None (the device's default) or a positive integer."""
+    if max_batch_tokens is not None and (
+        isinstance(max_batch_tokens, bool)
+        or not isinstance(max_batch_tokens, int)
+        or max_batch_tokens < 1
+    ):
+        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens!r}")
 
 
 def _pick(rows: list[list[int]] | None, idx: np.ndarray) -> list[list[int]] | None:

@@ -33,7 +33,8 @@ class Embedder(TaskModel):
     >>> docs = emb.embed(["The capital of China is Beijing."])  # doctest: +SKIP
     >>> qs = emb.embed(["capital of China?"], instruction=emb.default_instruction, dim=256)  # doctest: +SKIP
 
-    `max_batch_tokens` bounds each forward pass by padded tokens (rows x longest row);
+    `max_batch_tokens` bounds each forward pass by padded tokens (rows x longest row; default
+    4,096 on CPU, 16,384 on CUDA: `runtime.batching.default_max_batch_tokens`);
     `io_binding` (default: on when the session runs on CUDA) binds inputs and the output
     explicitly so that only the [batch, dim] embedding crosses back to the host.
     `session_options` replaces qexport's onnxruntime options (runtime.session.session_options;

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..tasks import Task
-from .batching import DEFAULT_MAX_BATCH_TOKENS
-from .core import RowRunner
+from .core import RowRunner, check_budget
 from .graph_scan import check_token_ids, tokenizer_max_id
 from .session import Opened, check_graph, open_artifact
 
@@ -31,13 +30,12 @@ class TaskModel:
         *,
         threads: int | None = None,
         verify: bool = False,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         io_binding: bool | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        opened = open_artifact(
-            artifact, self.task.name, device, threads, verify, max_batch_tokens, session_options
-        )
+        check_budget(max_batch_tokens)  # before the (costly) load
+        opened = open_artifact(artifact, self.task.name, device, threads, verify, session_options)
         self.path, self.manifest, self.session = opened.path, opened.manifest, opened.session
         check_graph(self.session, self.manifest, self.task)
         self.encoder = self._encoder(opened)

@@ -209,17 +209,14 @@ def open_artifact(
     device: str,
     threads: int | None,
     verify: bool,
-    max_batch_tokens: int,
     options: ort.SessionOptions | None,
 ) -> Opened:
     """The artifact folder, its checked manifest (a `task` one), what qexport checked in its
     graph file (external data confined to the folder, the vocabulary rows; `graph_scan`)
     before onnxruntime opened it, and its session.
 
-    ValueError for a bad `max_batch_tokens` or another task's artifact; ManifestError for a
-    graph that onnxruntime cannot load (its first line of reason kept)."""
-    if max_batch_tokens < 1:
-        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    ValueError for another task's artifact; ManifestError for a graph that onnxruntime cannot
+    load (its first line of reason kept)."""
     path = Path(artifact)
     m = load_manifest(path, verify=verify)
     if m.task != task:

@@ -47,10 +47,27 @@ def test_plan_packs_more_short_rows_and_wastes_little_padding():
 
 
 def test_bad_budget(tiny_artifact):
-    with pytest.raises(ValueError, match="max_batch_tokens must be >= 1"):
-        Embedder(tiny_artifact, device="cpu", max_batch_tokens=0)
+    for bad in (0, -3, True, 2.5, "4096"):
+        with pytest.raises(ValueError, match="max_batch_tokens must be >= 1"):
+            Embedder(tiny_artifact, device="cpu", max_batch_tokens=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         plan_batches([1, 2], 10, 0)
+
+
+def test_default_budget_follows_the_device(tiny_artifact):
+    """No budget named: 4,096 padded tokens per pass on CPU (faster and lighter there than
+    16,384, docs/benchmarks.md); a named one is kept. The batches obey it."""
+    from qexport.runtime.batching import CPU_MAX_BATCH_TOKENS, default_max_batch_tokens
+
+    emb = Embedder(tiny_artifact, device="cpu")
+    assert emb.providers[0] == "CPUExecutionProvider"
+    assert emb.max_batch_tokens == CPU_MAX_BATCH_TOKENS == default_max_batch_tokens(False) == 4096
+    assert default_max_batch_tokens(True) == 16384
+    assert Embedder(tiny_artifact, device="cpu", max_batch_tokens=777).max_batch_tokens == 777
+    texts = [f"text {i} " + "word " * 200 for i in range(64)]
+    prepared = emb.prepare(emb.tokenize(texts)[0], batch_size=1000)
+    widths = [feed["input_ids"].size for _, feed in prepared.batches]
+    assert len(widths) > 1 and max(widths) <= 4096
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ def post(base: str, texts: list[str], timeout: float = 120) -> tuple[httpx.Respo
 
 
 def test_long_requests_are_sliced_and_a_later_small_one_goes_first(emb):
-    # 2 x 64 rows of ~512 tokens (byte-level tokenizer): 2 passes of 16384 tokens each
+    # 2 x 64 rows of ~512 tokens (byte-level tokenizer): several passes each (8 at the CPU
+    # default of 4,096 padded tokens per pass)
     big_a = [f"a{i} " + "x " * 255 for i in range(64)]
     big_b = [f"b{i} " + "y " * 255 for i in range(64)]
     small = ["a small request"]
