@@ -75,7 +75,7 @@ def passes(base: str) -> float:
 
 
 def post(http: httpx.Client, query: str, docs: list[str]) -> np.ndarray:
-    r = http.post("/v1/rerank", json={"query": query, "documents": docs, "model": "m"})
+    r = http.post("/v1/rerank", json={"query": query, "documents": docs})
     r.raise_for_status()
     got = np.full(len(docs), np.nan)
     for x in r.json()["results"]:

@@ -82,7 +82,7 @@ def load(base: str, texts: list[str], want: np.ndarray, clients: int, secure: bo
         with httpx.Client(base_url=base, timeout=120, headers=headers) as http:
             for i in order:  # next() on a shared iterator is atomic under the GIL
                 t0 = time.perf_counter()
-                r = http.post("/v1/embeddings", json={"input": texts[i], "model": "m"})
+                r = http.post("/v1/embeddings", json={"input": texts[i]})
                 lat[i] = time.perf_counter() - t0
                 r.raise_for_status()
                 body = r.json()
