@@ -104,7 +104,7 @@ def main() -> None:
             flush=True,
         )
         record = {"spec": spec, "cosines": c.tolist(), "quantization": q}
-        (out / "bench.json").write_text(json.dumps(record, default=str))
+        out.with_suffix(".json").write_text(json.dumps(record, default=str))  # beside it
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ METHODS = ("rtn", "gptq")
 DEFAULT_METHOD = {"int8": "rtn", "int4": "gptq"}
 DEFAULT_SYMMETRIC = {"int8": True, "int4": False}
 # activation-aware scales before GPTQ (awq.py): "off", "fold" (into a norm or the producing
-# projection only), "all" (also an explicit Mul where nothing can take it)
+# projection only), "all" (also an explicit Mul where nothing can take it). Off by default: with
+# int4's int8 widening it measured no better held out (MiniLM block 32 min cosine 0.967 off,
+# 0.964 all; Gemma3 shape 0.970 off, 0.962 fold; docs/benchmarks.md, issue 28 int4)
 AWQ_MODES = ("off", "fold", "all")
 DEFAULT_AWQ = {"int4": "off"}
 CPU_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits (AVX512-VNNI / AVX-VNNI kernels)

@@ -1,6 +1,7 @@
 """int8 / int4 weight-only: every projection becomes MatMulNBits (matmul_nbits.py), its weights
-rounded to nearest or by GPTQ from the float graph's activations (gptq.py); int4 sends the
-projections with the largest GPTQ output error to int8 until the check texts hold the bar."""
+rounded to nearest or by GPTQ from the float graph's activations (gptq.py), optionally after
+activation-aware scales (awq.py, `Plan.awq`); int4 sends the projections with the largest GPTQ
+output error to int8 until the check texts hold the bar."""
 
 from __future__ import annotations
 
