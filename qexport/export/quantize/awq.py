@@ -32,8 +32,15 @@ import onnx_ir as ir
 from .calibration import _real_rows, save_with_outputs
 from .check import CheckTexts, initializer_bytes
 from .gptq import CLIP_RATIOS, BlockQuantized, gptq, hessian_factor, rtn
-from .smoothquant import S_MAX, S_MIN, Group, apply_smoothing, chunk_groups, fold_site
-from .smoothquant import group_targets as _group_targets
+from .smoothquant import (
+    S_MAX,
+    S_MIN,
+    Group,
+    apply_smoothing,
+    chunk_groups,
+    fold_site,
+    group_targets,
+)
 from .targets import matmul_targets
 
 log = logging.getLogger("qexport")
@@ -148,7 +155,7 @@ def awq_fold(
     if mode not in SITES:
         raise ValueError(f"AWQ mode must be one of {', '.join(SITES)}, got {mode!r}")
     targets = matmul_targets(model.graph)
-    groups = _group_targets(targets)
+    groups = group_targets(targets)
     sites = {id(g): fold_site(g, targets) for g in groups}
     eligible = [g for g in groups if sites[id(g)] in SITES[mode]]
     ref: np.ndarray | None = None
