@@ -21,6 +21,12 @@ DEFAULT_BLOCK_SIZE = {"int8": 32, "int4": 32}
 METHODS = ("rtn", "gptq")
 DEFAULT_METHOD = {"int8": "rtn", "int4": "gptq"}
 DEFAULT_SYMMETRIC = {"int8": True, "int4": False}
+# activation-aware scales before GPTQ (awq.py): "off", "fold" (into a norm or the producing
+# projection only), "all" (also an explicit Mul where nothing can take it). Off by default: with
+# int4's int8 widening it measured no better held out (MiniLM block 32 min cosine 0.967 off,
+# 0.964 all; Gemma3 shape 0.970 off, 0.962 fold; docs/benchmarks.md, issue 28 int4)
+AWQ_MODES = ("off", "fold", "all")
+DEFAULT_AWQ = {"int4": "off"}
 CPU_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits (AVX512-VNNI / AVX-VNNI kernels)
 DEVICES = ("cpu", "cuda")
 
@@ -40,6 +46,7 @@ class QuantOptions:
     min_cosine: float | None = None  # embed: None: BARS[precision]
     max_logodds_diff: float | None = None  # rerank: None: LOGODDS_BARS[precision]
     check: bool = True  # run the check texts (int8-dynamic always calibrates)
+    awq: str | None = None  # gptq: AWQ_MODES; None: DEFAULT_AWQ[precision] (else off)
 
 
 def base_precision(precision: str, device: str) -> str:
@@ -66,6 +73,7 @@ class Plan:
     symmetric: bool
     check: bool
     damp: float
+    awq: str = "off"  # activation-aware scales before GPTQ: AWQ_MODES
 
     @property
     def bits(self) -> int | None:
@@ -103,7 +111,22 @@ def make_plan(precision: str, device: str, opts: QuantOptions, task: Task = EMBE
             f"--task {task.name} {precision} uses round-to-nearest symmetric blocks, checked on "
             f"built-in {task.unit}s (no --method gptq, no --calibration)"
         )
-    return Plan(precision, device, base, gate, method, symmetric, opts.check, opts.damp)
+    awq = _awq(precision, method, opts)
+    return Plan(precision, device, base, gate, method, symmetric, opts.check, opts.damp, awq)
+
+
+def _awq(precision: str, method: str, opts: QuantOptions) -> str:
+    """The AWQ mode: the option or the precision's default with GPTQ; only with GPTQ weights."""
+    if opts.awq is not None and opts.awq not in AWQ_MODES:
+        raise ValueError(f"awq must be one of {', '.join(AWQ_MODES)}, got {opts.awq!r}")
+    if method != "gptq" or precision not in BITS:
+        if opts.awq not in (None, "off"):
+            raise ValueError(
+                f"awq scales are made for --method gptq with int8 / int4 weights, not "
+                f"{precision} with {method}"
+            )
+        return "off"
+    return opts.awq or DEFAULT_AWQ.get(precision, "off")
 
 
 def _gate(precision: str, opts: QuantOptions, task: Task) -> CosineCheck | LogOddsCheck:

@@ -53,6 +53,21 @@ def group_targets(targets: Sequence[Target]) -> list[Group]:
     return list(groups.values())
 
 
+def chunk_groups(groups: Sequence[Group], budget: int) -> list[list[Group]]:
+    """The groups in order, in chunks whose float32 X^T X together fit `budget` bytes (a chunk
+    holds at least one group)."""
+    chunks: list[list[Group]] = [[]]
+    size = 0
+    for g in groups:
+        need = 4 * g.targets[0].k ** 2
+        if chunks[-1] and size + need > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(g)
+        size += need
+    return chunks
+
+
 def group_weight(group: Group) -> np.ndarray:
     """The group's weights side by side, fp32 [K, sum N] (materialised now)."""
     return np.concatenate([t.load().astype(np.float32) for t in group.targets], axis=1)
@@ -122,6 +137,38 @@ def _sole_initializer(value: ir.Value | None) -> bool:
     )
 
 
+def fold_site(group: Group, all_targets: Sequence[Target]) -> str:
+    """Where apply_smoothing would put the group's division by s, without changing anything:
+    'norm' (the norm producing X feeds only this group), 'producer' (X = a * b with b another
+    projection's output used only here), or 'mul' (an explicit Mul must be inserted)."""
+    return _fold(group, all_targets)[0]
+
+
+def _fold(group: Group, all_targets: Sequence[Target]) -> tuple[str, list[ir.Value]]:
+    """fold_site and what it would rescale: the norm's gamma (and beta), or the producing
+    projection's weight."""
+    x = group.activation
+    group_nodes = {id(t.node) for t in group.targets}
+    consumers = [use.node for use in x.uses()]
+    only_group = all(id(n) in group_nodes for n in consumers) and not x.is_graph_output()
+    producer = x.producer()
+    if not only_group or producer is None:
+        return "mul", []
+    if producer.op_type in NORMS and x.index() == 0:
+        gi, bi = NORMS[producer.op_type]
+        gamma = producer.inputs[gi] if gi < len(producer.inputs) else None
+        beta = producer.inputs[bi] if bi is not None and bi < len(producer.inputs) else None
+        if _sole_initializer(gamma) and (beta is None or _sole_initializer(beta)):
+            return "norm", [v for v in (gamma, beta) if v is not None]
+    if producer.op_type == "Mul":
+        by_output = {id(t.node.outputs[0]): t for t in all_targets}
+        for side in producer.inputs:
+            t = by_output.get(id(side)) if side is not None else None
+            if t is not None and len(side.uses()) == 1:  # type: ignore[union-attr]
+                return "producer", [t.weight]
+    return "mul", []
+
+
 def apply_smoothing(
     graph: ir.Graph, group: Group, s: np.ndarray, all_targets: Sequence[Target]
 ) -> str:
@@ -129,29 +176,13 @@ def apply_smoothing(
     Returns where the division went: 'norm', 'producer' or 'mul'."""
     x = group.activation
     inv = (1.0 / s).astype(np.float32)
-    group_nodes = {id(t.node) for t in group.targets}
-    consumers = [use.node for use in x.uses()]
-    only_group = all(id(n) in group_nodes for n in consumers) and not x.is_graph_output()
-    producer = x.producer()
-    where = "mul"
-    if only_group and producer is not None and producer.op_type in NORMS and x.index() == 0:
-        gi, bi = NORMS[producer.op_type]
-        gamma = producer.inputs[gi] if gi < len(producer.inputs) else None
-        beta = producer.inputs[bi] if bi is not None and bi < len(producer.inputs) else None
-        if _sole_initializer(gamma) and (beta is None or _sole_initializer(beta)):
-            gamma.const_value = _scaled(gamma.const_value, inv, None)  # type: ignore[union-attr,arg-type]
-            if beta is not None:
-                beta.const_value = _scaled(beta.const_value, inv, None)  # type: ignore[arg-type]
-            where = "norm"
-    if where == "mul" and only_group and producer is not None and producer.op_type == "Mul":
-        by_output = {id(t.node.outputs[0]): t for t in all_targets}
-        for side in producer.inputs:
-            t = by_output.get(id(side)) if side is not None else None
-            if t is not None and len(side.uses()) == 1:  # type: ignore[union-attr]
-                t.weight.const_value = _scaled(t.weight.const_value, inv, 1)  # type: ignore[arg-type]
-                where = "producer"
-                break
-    if where == "mul":
+    where, values = _fold(group, all_targets)
+    if where == "norm":
+        for v in values:  # gamma (and beta) / s
+            v.const_value = _scaled(v.const_value, inv, None)  # type: ignore[arg-type]
+    elif where == "producer":  # the producing projection's output columns / s
+        values[0].const_value = _scaled(values[0].const_value, inv, 1)  # type: ignore[arg-type]
+    else:
         dtype = x.dtype or ir.DataType.FLOAT
         inv_v = ir.Value(
             name=f"{x.name}_smooth_inv",

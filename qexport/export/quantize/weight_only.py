@@ -1,6 +1,7 @@
 """int8 / int4 weight-only: every projection becomes MatMulNBits (matmul_nbits.py), its weights
-rounded to nearest or by GPTQ from the float graph's activations (gptq.py); int4 sends the
-projections with the largest GPTQ output error to int8 until the check texts hold the bar."""
+rounded to nearest or by GPTQ from the float graph's activations (gptq.py), optionally after
+activation-aware scales (awq.py, `Plan.awq`); int4 sends the projections with the largest GPTQ
+output error to int8 until the check texts hold the bar."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from . import awq
+from .awq import quantizer
 from .check import CheckTexts, Quantized, candidate_cosines, float_run, model_over, summary
 from .gptq import CLIP_RATIOS, DAMP, BlockQuantized, gptq, hessian_factor, output_error
 from .matmul_nbits import apply_matmul_nbits
 from .options import Plan
-from .smoothquant import Group, group_targets
+from .smoothquant import chunk_groups, group_targets
 from .targets import matmul_targets
 
 log = logging.getLogger("qexport")
@@ -37,12 +40,20 @@ def quantize_weight_only(
     texts = quant.texts
     done = None
     wider: dict[str, int] = {}
+    scaled: dict[str, Any] | None = None
     if plan.method == "gptq":
         assert texts is not None
+        bits, block = nbits["bits"], nbits["block_size"]
+        if plan.awq != "off":  # activation-aware scales folded first (awq.py)
+            search = quantizer(awq.SEARCH, bits, block, plan.symmetric, plan.damp)
+            ref, scaled = awq.awq_fold(model, scratch, texts, search, plan.awq, HESSIAN_BUDGET)
         float_graph = model.graph.clone()  # weights shared, lazily loaded
         texts.reference, done, error = gptq_weights(
-            model, scratch, texts, nbits["bits"], nbits["block_size"], plan.symmetric, plan.damp
+            model, scratch, texts, bits, block, plan.symmetric, plan.damp
         )
+        if scaled is not None:  # the reference is the float graph before the folds
+            texts.reference = ref
+            scaled["search"] = awq.SEARCH
         if nbits["bits"] == 4 and plan.check:
             wider = _widen(model, float_graph, scratch, quant, nbits, done, error)
     elif texts is not None:
@@ -55,6 +66,8 @@ def quantize_weight_only(
             "damp": plan.damp,
             "clip_ratios": list(CLIP_RATIOS),
         }
+        if scaled is not None:
+            info["awq"] = scaled
     return info
 
 
@@ -72,16 +85,7 @@ def gptq_weights(
     chunk is quantized (packed int4/int8 kept, Hessians dropped) before the next run. Returns
     the float graph's vectors, the quantized weights, and each projection's relative output
     error on the calibration activations."""
-    groups = group_targets(matmul_targets(model.graph))
-    chunks: list[list[Group]] = [[]]
-    size = 0
-    for g in groups:
-        need = 4 * g.targets[0].k ** 2
-        if chunks[-1] and size + need > HESSIAN_BUDGET:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(g)
-        size += need
+    chunks = chunk_groups(group_targets(matmul_targets(model.graph)), HESSIAN_BUDGET)
     done: dict[str, BlockQuantized] = {}
     error: dict[str, float] = {}
     ref: np.ndarray | None = None
