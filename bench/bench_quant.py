@@ -160,7 +160,7 @@ def main() -> None:
     p.add_argument("--texts", type=int, default=512, help="STS-B sentences for speed/fidelity")
     p.add_argument("--models", default="minilm,qwen3")
     p.add_argument("--variants", default=None,
-                   help="comma-separated labels to run (fp32 always runs: the baseline)")  # fmt: skip
+                   help="';'-separated labels to run (fp32 always runs: the baseline)")  # fmt: skip
     args = p.parse_args()
     import warnings
 
@@ -196,7 +196,7 @@ def main() -> None:
             torch_fn = lambda t, ref=ref: ref.embed(t, batch_size=32)  # noqa: E731
             variants = [v for v in VARIANTS if v[0] in QWEN3_VARIANTS]
         if args.variants:
-            keep = {"fp32", *args.variants.split(",")}
+            keep = {"fp32", *(v.strip() for v in args.variants.split(";"))}
             variants = [v for v in variants if v[0] in keep]
         torch_tps = throughput(torch_fn, texts, args.repeats)
         torch_vecs = np.asarray(torch_fn(texts), dtype=np.float32)
