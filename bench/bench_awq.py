@@ -21,6 +21,7 @@ import time
 import warnings
 from pathlib import Path
 
+from bench_gptq import export_even_if_refused
 from common import DATA, SHARED
 
 TOK = SHARED / "qwen3-embedding" / "0.6B"
@@ -53,7 +54,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     from qexport.export.api import ExportOptions, export_onnx
-    from qexport.export.quantize import QuantizationRefused, QuantOptions, awq
+    from qexport.export.quantize import QuantOptions, awq
     from qexport.runtime import Embedder
     from qexport.util import row_cosines
     from qexport.validate.heldout import held_out_texts
@@ -84,14 +85,9 @@ def main() -> None:
         level = "" if args.accuracy_level is None else f"-l{args.accuracy_level}"
         level += "-nowiden" if args.no_widen else ""
         out = args.out / f"{args.model}-b{args.block_size}{level}-{spec.replace(':', '-')}"
-        label = spec
         start = time.perf_counter()
-        try:
-            manifest = export_onnx(model, out, opts)
-        except QuantizationRefused:
-            quant.min_cosine = 0.5
-            manifest = export_onnx(model, out, opts)
-            label = f"{spec} (refused)"
+        manifest, refused = export_even_if_refused(model, out, opts)
+        label = f"{spec} (refused)" if refused else spec
         took = time.perf_counter() - start
         c = row_cosines(Embedder(out, device="cpu").embed(texts), ref)
         q = manifest.quantization or {}

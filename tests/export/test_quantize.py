@@ -10,7 +10,6 @@ import re
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 
 from qexport.cli import main
@@ -31,25 +30,11 @@ from qexport.runtime import Embedder
 from qexport.texts import BUILTIN_TEXTS
 from qexport.validate.reference import TorchReference
 from tests.conftest import cosines
+from tests.export.conftest import run_embedding
 
 MAX_LENGTH = 256
 # the built-in texts that fit MAX_LENGTH byte tokens (the reference must not truncate)
 TEXTS = [t for t in BUILTIN_TEXTS if len(t.encode()) < MAX_LENGTH - 8]
-
-
-def _run(path, feed):  # type: ignore[no-untyped-def]
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(["sentence_embedding"], feed)[0]
-
-
-@pytest.fixture(scope="module")
-def feed():  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 256, (3, 48))
-    mask = np.ones_like(ids)
-    mask[1, 30:] = 0
-    mask[2, 5:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 @pytest.mark.parametrize(("bits", "block", "level"), [(8, 128, 4), (4, 32, 0)])
@@ -89,7 +74,7 @@ def test_nbits_pass_equals_matmulnbitsquantizer(tmp_path, feed, bits, block, lev
     ops = {n.op_type for n in onnx.load(str(tmp_path / "ours.onnx")).graph.node}
     assert "MatMul" not in ops and {"MatMulNBits", "Gather", "GroupQueryAttention"} <= ops
     out_float, out_ours, out_theirs = (
-        _run(tmp_path / f, feed) for f in ("float.onnx", "ours.onnx", "theirs.onnx")
+        run_embedding(tmp_path / f, feed) for f in ("float.onnx", "ours.onnx", "theirs.onnx")
     )
     np.testing.assert_array_equal(out_ours, out_theirs)
     assert not np.allclose(out_ours, out_float, atol=1e-6)  # it did quantize
@@ -126,7 +111,10 @@ def test_smoothing_is_exact_in_float(tmp_path, feed):
         where.append(apply_smoothing(model.graph, g, s, targets))
     assert sorted(set(where)) == ["mul", "norm", "producer"], where
     ir.save(model, tmp_path / "smoothed.onnx")
-    a, b = _run(tmp_path / "float.onnx", feed), _run(tmp_path / "smoothed.onnx", feed)
+    a, b = (
+        run_embedding(tmp_path / "float.onnx", feed),
+        run_embedding(tmp_path / "smoothed.onnx", feed),
+    )
     np.testing.assert_allclose(a, b, atol=2e-5)
 
 

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 
 from qexport.export.api import ExportOptions, build_model, export_onnx, write_tokenizer
@@ -30,23 +29,9 @@ from qexport.export.quantize.targets import matmul_targets
 from qexport.export.source import resolve
 from qexport.runtime import Embedder
 from tests.conftest import cosines
+from tests.export.conftest import run_embedding
 
 BUDGET = 1 << 30
-
-
-def _run(path, feed):  # type: ignore[no-untyped-def]
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(["sentence_embedding"], feed)[0]
-
-
-@pytest.fixture(scope="module")
-def feed():  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 256, (3, 48))
-    mask = np.ones_like(ids)
-    mask[1, 30:] = 0
-    mask[2, 5:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _qwen3(tmp_path):  # type: ignore[no-untyped-def]
@@ -74,8 +59,8 @@ def test_awq_fold_is_exact_in_float(tmp_path, feed, mode, sites):
     assert sum(record["folded"].values()) == record["groups_searched"] > 0
     assert (len(list(model.graph)) == nodes) == (mode == "fold")
     ir.save(model, tmp_path / "scaled.onnx")
-    np.testing.assert_allclose(_run(tmp_path / "scaled.onnx", feed),
-                               _run(tmp_path / "float.onnx", feed), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(run_embedding(tmp_path / "scaled.onnx", feed),
+                               run_embedding(tmp_path / "float.onnx", feed), atol=1e-5)  # fmt: skip
     assert ref.shape == (len(texts.rows), 128) and np.isfinite(ref).all()
 
 

@@ -63,6 +63,27 @@ def rerank_int8(tmp_path_factory: pytest.TempPathFactory, rerank_ckpt: Path) -> 
 
 
 @pytest.fixture(scope="session")
+def rerank_nan(tmp_path_factory: pytest.TempPathFactory, rerank_fp32: Path) -> Path:
+    """The fp32 reranker with one NaN in its yes-minus-no vector: every pair's logit is NaN."""
+    import shutil
+
+    import numpy as np
+    import onnx
+
+    bad = tmp_path_factory.mktemp("rerank") / "nan"
+    shutil.copytree(rerank_fp32, bad)
+    model = onnx.load(str(bad / "model.onnx"))
+    for init in model.graph.initializer:
+        if init.name == "score_weight_yes_minus_no":
+            w = onnx.numpy_helper.to_array(init).copy()
+            w[0] = np.nan
+            init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    (bad / "model.onnx").chmod(0o644)
+    onnx.save(model, str(bad / "model.onnx"))
+    return bad
+
+
+@pytest.fixture(scope="session")
 def card(rerank_ckpt: Path):  # type: ignore[no-untyped-def]
     from qexport.validate.rerank_reference import CardReranker
 
