@@ -80,7 +80,7 @@ def main() -> None:
             took = time.perf_counter() - start
             if not token_rows:  # the same rows for every engine: the artifact's prompt
                 encoder = Reranker(out, device="cpu").encoder
-                token_rows += [r for q, docs in groups for r in encoder.encode(q, docs)[0]]
+                token_rows += [r for q, docs in groups for r in encoder.pairs(q, docs).ids]
             r = measure("onnxruntime", out)
             r["export_s"] = round(took, 1)
             q = load_manifest(out).quantization

@@ -37,7 +37,7 @@ def main() -> None:
     print("|---:|---:|---:|")
     for budget in (int(b) for b in args.budgets.split(",")):
         rr = Reranker(args.artifact, device="cpu", max_batch_tokens=budget)
-        rows = [r for q, d in groups for r in rr.encoder.encode(q, d)[0]]
+        rows = [r for q, d in groups for r in rr.encoder.pairs(q, d).ids]
         rr.logits_for_ids(rows[:16])  # warm-up
         per_request, one_call = [], []
         for _ in range(args.repeats):

@@ -119,7 +119,7 @@ def offline(rr, groups: Groups, one_call: bool) -> dict:  # type: ignore[no-unty
     pairs = sum(len(d) for _, d in groups)
     start, cpu = time.perf_counter(), time.process_time()
     if one_call:
-        rows = [r for q, d in groups for r in rr.encoder.encode(q, d)[0]]
+        rows = [r for q, d in groups for r in rr.encoder.pairs(q, d).ids]
         rr.logits_for_ids(rows, batch_size=128)
     else:
         for q, d in groups:

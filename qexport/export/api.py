@@ -229,7 +229,7 @@ def write_tokenizer(
         pairs = PairEncoder(folder, prompt, max_length)
         out = Rows([], pad_id=prompt.pad_id)
         for query, docs in rerank.check_pairs():
-            ids, _ = pairs.encode(query, docs)
+            ids = pairs.pairs(query, docs).ids
             out.ids.extend(ids)
             out.groups.append(len(ids))
     elif rows:

@@ -18,80 +18,60 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from ..manifest import ManifestError, RerankPrompt
 from ..tasks import RERANK, check_top_n, ranked
-from ..templates import check_template
 from .model import TaskModel
 from .session import Opened
-from .tokenize import TokenLimitError, check_text, encode_bounded, text_list
+from .tokenize import Encoded, TextEncoder, check_text, text_list
 
-GROUP = 64  # pairs tokenised together when counting against a token limit
+PAIR_FIELDS = ("instruction", "query", "doc")
 
 
-class PairEncoder:
-    """The manifest's prompt around each (query, document) pair, tokenised with `tokenizers`."""
+class PairEncoder(TextEncoder):
+    """The manifest's prompt around each (query, document) pair: the runtime's `TextEncoder`
+    with the prompt's prefix and suffix ids and its body template."""
 
     def __init__(self, folder: Path, rerank: RerankPrompt, max_length: int) -> None:
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        self.prefix = [int(i) for i in rerank.prefix_ids]
-        self.suffix = [int(i) for i in rerank.suffix_ids]
-        for key, ids in (("prefix", self.prefix), ("suffix", self.suffix)):
+        prompt = ([int(i) for i in rerank.prefix_ids], [int(i) for i in rerank.suffix_ids])
+        super().__init__(
+            folder,
+            max_length,
+            rerank.template,
+            fields=PAIR_FIELDS,
+            template_name="rerank.template",
+            prompt=prompt,
+        )
+        for key, ids in zip(("prefix", "suffix"), prompt, strict=True):
             got = self.tokenizer.encode(getattr(rerank, key), add_special_tokens=False).ids
             if got != ids:
                 raise ManifestError(
                     f"the tokenizer encodes the manifest's {key} as {got}, not {ids}"
                 )
-        self.template: str = check_template(
-            rerank.template, ("instruction", "query", "doc"), "rerank.template"
-        )
         self.default_instruction: str = rerank.default_instruction
-        self.max_length = max_length
-        self.body_budget = max_length - len(self.prefix) - len(self.suffix)
-        if self.body_budget < 1:
-            raise ManifestError(f"max_length {max_length} leaves no room between prefix and suffix")
 
-    def bodies(self, query: str, documents: Sequence[str], instruction: str | None) -> list[str]:
-        task = self.default_instruction if instruction is None else instruction
-        return [self.template.format(instruction=task, query=query, doc=d) for d in documents]
-
-    def _group_ids(self, bodies: list[str]) -> list[list[int]]:
-        encs = encode_bounded(self.tokenizer, bodies, self.body_budget, special=False)
-        return [list(e.ids) for e in encs]
-
-    def encode(
+    def pairs(
         self,
         query: Any,
         documents: Any,
         instruction: Any = None,
         *,
         max_tokens: int | None = None,
-    ) -> tuple[list[list[int]], int]:
-        """Validate, format and tokenise: (token ids per pair, number of bodies truncated).
+    ) -> Encoded:
+        """Validate, format and tokenise (no warning): a row per document; with `max_tokens`
+        counting stops at the first group of pairs past it (`TokenLimitError`)."""
+        bodies = self.bodies(query, documents, instruction)
+        return self.encode(bodies, warn=False, max_tokens=max_tokens, name="documents")
 
-        Memory stays bounded: a long document is tokenised only as far as its pair can hold,
-        and with `max_tokens` pairs are tokenised in groups and counting stops at the first
-        group that passes the limit (`TokenLimitError`)."""
+    def bodies(self, query: Any, documents: Any, instruction: Any = None) -> list[str]:
+        """The template filled per document (the card's `format_instruction`), checked."""
         query = check_text(query, "query", empty=False)
         docs = text_list(documents, "documents", "rerank", empty=False)
-        if instruction is not None:
-            check_text(instruction, "instruction")
-        bodies = self.bodies(query, docs, instruction)
-        rows: list[list[int]] = []
-        truncated = total = 0
-        for start in range(0, len(bodies), GROUP):
-            for body in self._group_ids(bodies[start : start + GROUP]):
-                if len(body) > self.body_budget:
-                    body = body[: self.body_budget]
-                    truncated += 1
-                rows.append(self.prefix + body + self.suffix)
-                total += len(rows[-1])
-            if max_tokens is not None and total > max_tokens:
-                raise TokenLimitError(total, max_tokens)
-        return rows, truncated
+        if instruction is None:
+            instruction = self.default_instruction
+        check_text(instruction, "instruction")
+        assert self.template is not None
+        return [self.template.format(instruction=instruction, query=query, doc=d) for d in docs]
 
 
 class Reranker(TaskModel):
@@ -138,14 +118,14 @@ class Reranker(TaskModel):
         *,
         batch_size: int = 32,
     ) -> np.ndarray:
-        rows, truncated = self.encoder.encode(query, documents, instruction)
-        if truncated:
+        enc = self.encoder.pairs(query, documents, instruction)
+        if enc.truncated:
             warnings.warn(
-                f"{truncated} pair(s) longer than max_length {self.encoder.max_length} had "
+                f"{enc.truncated} pair(s) longer than max_length {self.encoder.max_length} had "
                 "their document truncated (the prompt's suffix is kept)",
                 stacklevel=3,
             )
-        return self.logits_for_ids(rows, batch_size)
+        return self.logits_for_ids(enc.ids, batch_size)
 
     def score(
         self,

@@ -1,9 +1,11 @@
-"""Tokenisation with the `tokenizers` library: prompt template, truncation that keeps the
-appended end token(s) last, right padding."""
+"""Tokenisation with the `tokenizers` library, for every task: template, truncation that keeps
+the appended end token(s) or the manifest's prompt suffix last, memory bounded by max_length and
+by a token limit, right padding."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ..templates import check_template
 # ordinary text.
 MARGIN = 64  # tokens tokenised past max_length before a prefix is trusted
 CLIP_CHARS_PER_TOKEN = 6  # first prefix: this many characters per token allowed
+GROUP_BYTES = 256 << 10  # texts tokenised together past a token limit, at most this many bytes
 
 
 @dataclass
@@ -77,27 +80,43 @@ def text_list(value: Any, name: str, verb: str, *, empty: bool = True) -> list[s
 class TokenLimitError(ValueError):
     """Rows hold more tokens than allowed (counted before all of them were tokenised)."""
 
-    def __init__(self, tokens: int, limit: int, what: str = "the pairs") -> None:
+    def __init__(self, tokens: int, limit: int, what: str = "the texts") -> None:
         super().__init__(f"{what} have at least {tokens} tokens; at most {limit}")
         self.tokens, self.limit = tokens, limit
 
 
+def utf8_lengths(texts: list[str], name: str = "texts") -> list[int]:
+    """UTF-8 byte length of each text; ValueError naming the first one that has none."""
+    out = []
+    for i, t in enumerate(texts):
+        try:
+            out.append(len(t) if t.isascii() else len(t.encode("utf-8")))
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{name}[{i}] is not valid Unicode: {exc.reason} at character {exc.start} "
+                "(a lone UTF-16 surrogate such as \\ud800?)"
+            ) from None
+    return out
+
+
 def encode_bounded(
-    tokenizer: Tokenizer, texts: list[str], keep: int, *, special: bool
+    tokenizer: Tokenizer, texts: list[str], keep: int, *, special: bool, offsets: bool = False
 ) -> list[Any]:
     """`tokenizers` encodings of `texts` whose first `keep` ids are exactly those of the whole
     text, with memory bounded by `keep`, not by the text: a text longer than
     `CLIP_CHARS_PER_TOKEN * (keep + MARGIN)` characters is tokenised from growing prefixes
     (4x each time) until one holds `keep + MARGIN` tokens, and the rest is never tokenised (the
     margin keeps the kept ids equal to those of the whole text; byte-level BPE and WordPiece
-    give at least one character per token). Shorter texts go through one batch call. The one
-    bounded tokeniser of the runtime: texts (`TextEncoder`), query-document pairs
-    (`reranker.PairEncoder`) and the server's requests all use it."""
+    give at least one character per token). Shorter texts go through one batch call (character
+    `offsets` only when asked: they cost time). The one bounded tokeniser of the runtime
+    (`TextEncoder`: texts, query-document pairs, the server's requests; Cohere's
+    `max_tokens_per_doc`)."""
     need = keep + MARGIN
     clip = CLIP_CHARS_PER_TOKEN * need
     short = [t for t in texts if len(t) <= clip]
     try:
-        encs = iter(tokenizer.encode_batch_fast(short, add_special_tokens=special))
+        batch = tokenizer.encode_batch if offsets else tokenizer.encode_batch_fast
+        encs = iter(batch(short, add_special_tokens=special))
     except TypeError:  # tokenizers says neither which text nor why
         check_texts(texts)
         raise
@@ -115,12 +134,24 @@ def _prefix(tokenizer: Tokenizer, text: str, need: int, special: bool) -> Any:
 
 
 class TextEncoder:
+    """A task's token rows from its texts, the runtime's one tokeniser: `encode` truncates
+    each text to `max_length` keeping what must stay last, with memory bounded by the limits.
+
+    Without `prompt` the tokenizer adds its own special tokens and the trailing ones survive
+    truncation (an embedding model's EOS / [SEP]). With `prompt` (prefix ids, suffix ids: the
+    reranker's manifest prompt) each text is tokenised without special tokens, cut to the room
+    between prefix and suffix from its end, and wrapped in them (the model card's
+    `truncation='longest_first'` on one sequence)."""
+
     def __init__(
         self,
         folder: Path,
         max_length: int,
         template: str | None,
         *,
+        fields: tuple[str, ...] = ("instruction", "text"),
+        template_name: str = "instruction_template",
+        prompt: tuple[list[int], list[int]] | None = None,
         tokenizer_file: str = "tokenizer.json",
     ) -> None:
         try:
@@ -135,10 +166,20 @@ class TextEncoder:
         self.tokenizer.no_truncation()
         self.max_length = max_length
         self.template = (
-            None
-            if template is None
-            else check_template(template, ("instruction", "text"), "instruction_template")
+            None if template is None else check_template(template, fields, template_name)
         )
+        self.prefix, self.suffix = prompt if prompt is not None else ([], [])
+        self.special = prompt is None  # the tokenizer's own special tokens
+        if self.body_budget < 1:
+            raise ValueError(f"max_length {max_length} leaves no room between prefix and suffix")
+        # tokens a text gets beyond one per byte at most (`upper_bound`)
+        self.extra = len(self.prefix) + len(self.suffix)
+        self.extra += len(self.tokenizer.encode("", add_special_tokens=self.special).ids)
+
+    @property
+    def body_budget(self) -> int:
+        """Tokens a text may keep: max_length less the prompt's prefix and suffix."""
+        return self.max_length - len(self.prefix) - len(self.suffix)
 
     def format(self, texts: list[str], instruction: str | None) -> list[str]:
         if instruction is None:
@@ -151,31 +192,83 @@ class TextEncoder:
     @property
     def clip_chars(self) -> int:
         """Texts longer than this are tokenised from a prefix only (`encode_bounded`)."""
-        return CLIP_CHARS_PER_TOKEN * (self.max_length + MARGIN)
+        return CLIP_CHARS_PER_TOKEN * (self.body_budget + MARGIN)
 
-    def encode(self, texts: list[str], *, warn: bool = True) -> Encoded:
-        ids, type_ids = [], []
-        truncated = dropped = 0
-        limit = self.max_length
-        for enc in encode_bounded(self.tokenizer, texts, limit, special=True):
-            e_ids, e_types = enc.ids, enc.type_ids
-            if len(e_ids) > limit:
-                special = enc.special_tokens_mask
-                tail = 0
-                while tail < len(special) and special[len(special) - 1 - tail]:
-                    tail += 1
-                tail = min(tail, limit - 1)
+    def upper_bound(self, nbytes: int) -> int:
+        """At most this many tokens in the row of a text of `nbytes` UTF-8 bytes (byte-level
+        BPE has at least one byte per token, WordPiece at least one character)."""
+        return min(nbytes + self.extra, self.max_length)
+
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        warn: bool = True,
+        max_tokens: int | None = None,
+        name: str = "texts",
+    ) -> Encoded:
+        """Token rows of `texts`. With `max_tokens`, the rows may hold at most that many tokens
+        in all (`TokenLimitError`), counted while tokenising: when the bytes' upper bound
+        passes the limit, texts are tokenised in groups of `GROUP_BYTES` and counting stops at
+        the first group past it, so a request is never tokenised whole first."""
+        out = Encoded([], [], 0, 0)
+        nbytes = utf8_lengths(texts, name) if max_tokens is not None else []
+        if max_tokens is None or sum(map(self.upper_bound, nbytes)) <= max_tokens:
+            groups: Any = [range(len(texts))]
+        else:
+            groups = _groups(texts, nbytes, self.clip_chars)
+        total = 0
+        for group in groups:
+            self._encode_into(out, [texts[i] for i in group])
+            total = sum(map(len, out.ids))
+            if max_tokens is not None and total > max_tokens:
+                raise TokenLimitError(total, max_tokens, name)
+        out.clipped = sum(len(t) > self.clip_chars for t in texts)
+        if out.truncated and warn:
+            msg = truncation_message(out.truncated, out.dropped, self.max_length, out.clipped)
+            warnings.warn(msg, stacklevel=3)
+        return out
+
+    def _encode_into(self, out: Encoded, texts: list[str]) -> None:
+        limit, pre, suf = self.body_budget, self.prefix, self.suffix
+        for enc in encode_bounded(self.tokenizer, texts, limit, special=self.special):
+            ids, types = enc.ids, enc.type_ids
+            if len(ids) > limit:
+                tail = _special_tail(enc.special_tokens_mask, limit) if self.special else 0
                 keep = limit - tail
-                truncated += 1
-                dropped += len(e_ids) - limit
-                e_ids = e_ids[:keep] + (e_ids[-tail:] if tail else [])
-                e_types = e_types[:keep] + (e_types[-tail:] if tail else [])
-            ids.append(e_ids)
-            type_ids.append(e_types)
-        clipped = sum(len(t) > self.clip_chars for t in texts)
-        if truncated and warn:
-            warnings.warn(truncation_message(truncated, dropped, limit, clipped), stacklevel=3)
-        return Encoded(ids, type_ids, truncated, dropped, clipped)
+                out.truncated += 1
+                out.dropped += len(ids) - limit
+                ids = ids[:keep] + (ids[-tail:] if tail else [])
+                types = types[:keep] + (types[-tail:] if tail else [])
+            out.ids.append(pre + ids + suf if pre or suf else ids)
+            out.type_ids.append([0] * len(pre) + types + [0] * len(suf) if pre or suf else types)
+
+
+def _special_tail(mask: list[int], limit: int) -> int:
+    """How many special tokens end the row (kept by truncation), at most limit - 1."""
+    tail = 0
+    while tail < len(mask) and mask[len(mask) - 1 - tail]:
+        tail += 1
+    return min(tail, limit - 1)
+
+
+def _groups(texts: list[str], nbytes: list[int], clip: int) -> Iterator[list[int]]:
+    """Indices of `texts` in groups of at most `GROUP_BYTES` bytes; a text tokenised from a
+    prefix only (longer than `clip` characters) goes alone."""
+    group: list[int] = []
+    size = 0
+    for i, n in enumerate(nbytes):
+        alone = len(texts[i]) > clip
+        if group and (alone or size + n > GROUP_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(i)
+        size += n
+        if alone:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def truncation_message(truncated: int, dropped: int, max_length: int, clipped: int = 0) -> str:

@@ -1,7 +1,7 @@
 """`POST /v1/embeddings` (the OpenAI embeddings API) for embedding artifacts (task "embed").
 
 The texts are checked (400 naming the bad item, 413 too many), tokenised within the token
-limit (`tokens.BoundedTokenizer`, 413), run through the service's batcher, and the job's
+limit (`tokens.request_limits`, 413), run through the service's batcher, and the job's
 completion is the task's post-processing (Matryoshka slice + renormalise to `dimensions`).
 """
 
@@ -26,7 +26,7 @@ from .errors import ApiError
 from .models import Registry
 from .schemas import EmbeddingData, EmbeddingRequest, EmbeddingResponse, Usage
 from .service import Service
-from .tokens import BoundedTokenizer, check_texts
+from .tokens import check_texts, request_limits
 
 
 def details(emb: Embedder) -> dict[str, Any]:
@@ -54,16 +54,11 @@ def _encode(vectors: np.ndarray, fmt: str, name: str, tokens: int) -> Response:
 
 
 class Embeddings:
-    """The embedding services of a registry, with a bounded tokenizer each; `vectors` is the
+    """The embedding services of a registry; `vectors` is the
     one path from texts to post-processed vectors (OpenAI's route and TEI's `/embed`)."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.tokenizers = {
-            s.name: BoundedTokenizer(s.model.encoder)
-            for s in registry.of_task(EMBED)
-            if isinstance(s.model, Embedder)
-        }
 
     @staticmethod
     def check_dimensions(emb: Embedder, dimensions: int | None) -> None:
@@ -76,9 +71,15 @@ class Embeddings:
                 reason="bad_input",
             )
 
+    @staticmethod
+    def _tokenize(svc: Service, texts: list[str]) -> tuple[Any, Any]:
+        with request_limits("input"):
+            limit = svc.cfg.max_request_tokens
+            enc = svc.model.encoder.encode(texts, warn=False, max_tokens=limit, name="input")
+        return enc.ids, enc.type_ids
+
     async def tokenize(self, svc: Service, texts: list[str]) -> tuple[Any, Any]:
-        tokenizer = self.tokenizers[svc.name]
-        return await run_in_threadpool(tokenizer.tokenize, texts, svc.cfg.max_request_tokens)
+        return await run_in_threadpool(self._tokenize, svc, texts)
 
     async def vectors(
         self,

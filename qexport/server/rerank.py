@@ -33,14 +33,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime.reranker import Reranker
-from ..runtime.tokenize import TokenLimitError
+from ..runtime.tokenize import Encoded, encode_bounded
 from ..tasks import RERANK, ranked
 from .body import read_request
 from .config import ServerConfig
-from .errors import ApiError
 from .models import Registry
 from .service import Service
-from .tokens import bad_input, check_items
+from .tokens import bad_input, check_items, request_limits
 
 
 class RerankRequest(BaseModel):
@@ -103,31 +102,23 @@ def check_query(query: Any, documents: list[Any], max_items: int) -> tuple[str, 
 
 def cut_documents(rr: Reranker, docs: list[str], max_tokens: int) -> list[str]:
     """Each document cut after its first `max_tokens` tokens (of the reranker's tokenizer, no
-    special tokens), at the character where that token ends: Cohere's `max_tokens_per_doc`."""
-    out = []
-    for d in docs:
-        # most often the first 8N characters hold more than N tokens: no need to read on
-        enc = rr.encoder.tokenizer.encode(d[: 8 * max_tokens + 64], add_special_tokens=False)
-        if len(enc.ids) <= max_tokens and len(d) > 8 * max_tokens + 64:
-            enc = rr.encoder.tokenizer.encode(d, add_special_tokens=False)
-        out.append(d if len(enc.ids) <= max_tokens else d[: enc.offsets[max_tokens - 1][1]])
-    return out
+    special tokens), at the character where that token ends: Cohere's `max_tokens_per_doc`.
+    Memory is bounded by `max_tokens` (`encode_bounded`), not by the document."""
+    encs = encode_bounded(rr.encoder.tokenizer, docs, max_tokens, special=False, offsets=True)
+    return [
+        d if len(e.ids) <= max_tokens else d[: e.offsets[max_tokens - 1][1]]
+        for d, e in zip(docs, encs, strict=True)
+    ]
 
 
-def _encode(
-    rr: Reranker, cfg: ServerConfig, query: str, docs: list[str], req: Any
-) -> tuple[list[list[int]], int]:
-    if getattr(req, "max_tokens_per_doc", None) is not None:
-        docs = cut_documents(rr, docs, req.max_tokens_per_doc)
+def _encode(rr: Reranker, cfg: ServerConfig, query: str, docs: list[str], req: Any) -> Encoded:
     instruction = getattr(req, "instruction", None)
     if instruction is not None and not instruction:
         raise bad_input("instruction is an empty string", "instruction")
-    try:
-        return rr.encoder.encode(query, docs, instruction, max_tokens=cfg.max_request_tokens)
-    except TokenLimitError as exc:
-        raise ApiError(413, str(exc), "documents", reason="too_many_tokens") from None
-    except ValueError as exc:  # e.g. a lone surrogate, named by its index
-        raise bad_input(str(exc), "documents") from None
+    with request_limits("documents"):
+        if getattr(req, "max_tokens_per_doc", None) is not None:
+            docs = cut_documents(rr, docs, req.max_tokens_per_doc)
+        return rr.encoder.pairs(query, docs, instruction, max_tokens=cfg.max_request_tokens)
 
 
 async def logits(
@@ -144,10 +135,10 @@ async def logits(
     runs when n documents had to be cut to fit max_length (TEI refuses that on request)."""
     rr = svc.model
     assert isinstance(rr, Reranker)
-    rows, truncated = await run_in_threadpool(_encode, rr, svc.cfg, query, docs, req)
-    if truncated and on_truncated is not None:
-        on_truncated(truncated)
-    return await svc.run(request, rows, None, deadline)
+    enc = await run_in_threadpool(_encode, rr, svc.cfg, query, docs, req)
+    if enc.truncated and on_truncated is not None:
+        on_truncated(enc.truncated)
+    return await svc.run(request, enc.ids, None, deadline)
 
 
 def _response(name: str, req: RerankRequest, docs: list[str], out: Any, tokens: int) -> Response:

@@ -56,10 +56,10 @@ def _rerank_rows(
     the artifact's `PairEncoder` (`Reranker.encoder`)."""
 
     def count(docs: list[str]) -> list[int]:
-        return [len(r) for r in encoder.encode(RERANK_QUERY, docs)[0]]
+        return [len(r) for r in encoder.pairs(RERANK_QUERY, docs).ids]
 
     docs = make_texts(count, pool, length, n, offset)
-    return [list(r) for r in encoder.encode(RERANK_QUERY, docs)[0]]
+    return [list(r) for r in encoder.pairs(RERANK_QUERY, docs).ids]
 
 
 # task name -> (runtime encoder, text pool, length, rows, offset) -> token rows

@@ -87,7 +87,7 @@ def test_fp32_matches_card_recipe(rerank_fp32, card):
         np.testing.assert_allclose(rr.score(query, DOCS), card.scores(card.pairs(query, DOCS)),
                                    atol=3e-5)  # fmt: skip
     # the token ids themselves are the card's
-    ids, _ = rr.encoder.encode(QUERIES[0], DOCS)
+    ids = rr.encoder.pairs(QUERIES[0], DOCS).ids
     assert ids == card.input_ids(card.pairs(QUERIES[0], DOCS))
 
 
@@ -114,8 +114,9 @@ def test_truncation_keeps_suffix_and_matches_card(rerank_ckpt, tmp_path):
     rr = Reranker(out, device="cpu")
     long_doc = "Gravity bends light and keeps the planets on their orbits. " * 40
     docs = [long_doc, DOCS[0], "Another long one: " + "word " * 300]
-    ids, truncated = rr.encoder.encode(QUERIES[1], docs)
-    assert truncated == 2
+    got = rr.encoder.pairs(QUERIES[1], docs)
+    ids = got.ids
+    assert got.truncated == 2
     assert len(ids[0]) == 96 and ids[0][-9:] == SUFFIX_IDS and ids[2][-9:] == SUFFIX_IDS
     card = CardReranker(rerank_ckpt, max_length=96)
     assert ids == card.input_ids(card.pairs(QUERIES[1], docs))

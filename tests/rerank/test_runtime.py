@@ -108,10 +108,11 @@ def test_long_documents_tokenised_from_a_prefix_match_the_whole(rr):
         "x" * (3 * clip),  # one long pre-token: the prefix grows
         "a short one",
     ]
-    rows, truncated = enc.encode(QUERIES[0], docs)
-    assert truncated == 3
+    got = enc.pairs(QUERIES[0], docs)
+    rows = got.ids
+    assert got.truncated == 3
     for body, row in zip(enc.bodies(QUERIES[0], docs, None), rows, strict=True):
         whole = enc.tokenizer.encode(body, add_special_tokens=False).ids[: enc.body_budget]
         assert row == enc.prefix + whole + enc.suffix
     with pytest.raises(TokenLimitError, match="at most 100"):
-        enc.encode(QUERIES[0], docs, max_tokens=100)
+        enc.pairs(QUERIES[0], docs, max_tokens=100)

@@ -65,7 +65,7 @@ def test_rerank_route_with_real_server(rerank_fp32, tmp_path):
             got = np.array([x["relevance_score"] for x in body["results"]])
             np.testing.assert_allclose(got, expected[order], atol=1e-6)
             assert [x["document"]["text"] for x in body["results"]] == [DOCS[i] for i in order]
-            tokens = sum(len(ids) for ids in rr.encoder.encode(QUERIES[0], DOCS)[0])
+            tokens = sum(len(ids) for ids in rr.encoder.pairs(QUERIES[0], DOCS).ids)
             assert body["usage"] == {"total_tokens": tokens}
 
             plain = client.post("/v1/rerank", json={"query": QUERIES[1], "documents": DOCS[:2],
