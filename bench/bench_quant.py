@@ -37,15 +37,17 @@ VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy
     ),
     ("int8-dynamic", "int8-dynamic", []),
     ("int8-dynamic (per-tensor)", "int8-dynamic", ["--activation-scales", "per-tensor"]),
+    ("int8-dynamic (ffn)", "int8-dynamic", ["--activation-scales", "ffn"]),
     # the peer row: onnxruntime's stock quantize_dynamic(per_channel=True, QInt8) applied to
     # qexport's fp32 artifact (what sentence-transformers' / optimum's int8 ONNX export gives)
     ("onnxruntime quantize_dynamic per-channel (peer)", "ort-peer", []),
 ]
-QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic", "int8-dynamic (per-tensor)", "onnxruntime quantize_dynamic per-channel (peer)")  # fmt: skip
+QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic", "int8-dynamic (per-tensor)", "int8-dynamic (ffn)", "onnxruntime quantize_dynamic per-channel (peer)")  # fmt: skip
 
 
 def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
     """The CLI's quantization flags (as in VARIANTS) as QuantOptions, for in-process exports."""
+    from qexport.commands.onnx import ACTIVATION_SCALES
     from qexport.export.quantize import QuantOptions
 
     flags = dict(zip(extra[0::2], extra[1::2], strict=True))
@@ -55,9 +57,7 @@ def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
         method=flags.get("--method"),
         symmetric=None if zero_points is None else zero_points == "symmetric",
         min_cosine=float(flags["--min-cosine"]) if "--min-cosine" in flags else None,
-        per_token={"per-token": "all", "per-tensor": "none", "auto": "auto"}[
-            flags.get("--activation-scales", "per-token")
-        ],
+        per_token=ACTIVATION_SCALES[flags.get("--activation-scales", "per-token")],
     )
 
 

@@ -137,14 +137,14 @@ def test_output_dot_is_refused_without_leftovers(tmp_path):
 
 def test_int8_dynamic_activation_scales(tmp_path):
     """--activation-scales per-tensor exports int8-dynamic without the per-token scaling ops
-    (the faster, less faithful variant); the default scales every projection per token; the
-    flag is refused with any other precision."""
+    (the faster, less faithful variant); the default scales every projection per token, ffn
+    only some; the flag is refused with any other precision."""
     import json
 
     import onnx
 
     records, reduce_max = {}, {}
-    for scales in ("per-token", "per-tensor"):
+    for scales in ("per-token", "per-tensor", "ffn"):
         out = tmp_path / scales
         proc = run("onnx", "random:qwen3-tiny", "-o", str(out), "--precision", "int8-dynamic",
                    *(["--activation-scales", scales] if scales != "per-token" else []))  # fmt: skip
@@ -156,6 +156,8 @@ def test_int8_dynamic_activation_scales(tmp_path):
     assert quantized > 0 and len(records["per-token"]["per_token_projections"]) > 0
     assert reduce_max["per-token"] > 0  # one per scaled input (q, k, v share theirs)
     assert records["per-tensor"]["per_token_projections"] == [] and reduce_max["per-tensor"] == 0
+    # ffn: the FFN output projections only (tests/export/test_quantize_ffn_tokens.py)
+    assert 0 < reduce_max["ffn"] < reduce_max["per-token"]
     proc = run("onnx", "random:qwen3-tiny", "-o", str(tmp_path / "x"), "--activation-scales",
                "per-tensor")  # fmt: skip
     assert_usage_error(proc, "--activation-scales applies to --precision int8-dynamic only")

@@ -11,7 +11,7 @@ from ..tasks import TASK_NAMES
 from .errors import UsageError
 
 # --activation-scales -> QuantOptions.per_token
-ACTIVATION_SCALES = {"per-token": "all", "per-tensor": "none", "auto": "auto"}
+ACTIVATION_SCALES = {"per-token": "all", "per-tensor": "none", "ffn": "ffn", "auto": "auto"}
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -95,8 +95,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=None,
         choices=tuple(ACTIVATION_SCALES),
         help="int8-dynamic: one activation scale per token (default; MiniLM held-out min "
-        "cosine 0.9957) or per tensor (faster, 0.9609 there), or per token only where the "
-        "calibration says it pays",
+        "cosine 0.9957) or per tensor (faster, 0.9609 there), per token on the FFN's output "
+        "projection only (ffn), or per token only where the calibration says it pays (auto)",
     )
     q.add_argument(
         "--min-cosine",

@@ -42,7 +42,11 @@ log = logging.getLogger("qexport")
 
 # fractions of the smoothed projection groups left in float, tried in order
 FLOAT_FRACTIONS = (0.0, 0.1, 0.25, 0.35, 0.5)
-PER_TOKEN_MODES = ("none", "auto", "all")
+PER_TOKEN_MODES = ("none", "auto", "ffn", "all")
+# per_token "ffn": per token only where the activation is the FFN's nonlinearity (its output
+# projection's input: GELU in BERT, the gated SiLU / GELU product in Qwen3 and Gemma3), found
+# in the float graph by these producers; per tensor elsewhere (docs/benchmarks.md, issue 28)
+ACTIVATION_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "Sigmoid", "Relu", "Tanh"})
 # per_token "auto": a group's activations are scaled per token (4 element-wise ops around its
 # DynamicQuantizeMatMul) only where that cuts its simulated error below this x per tensor
 PER_TOKEN_GAIN = 0.7
@@ -137,11 +141,11 @@ def _choose_alphas(
     error: dict[str, float] = {}
     chosen: dict[str, float | None] = {}
     tokens: set[str] = set()
-    modes = {"none": (False,), "all": (True,), "auto": (False, True)}[per_token]
     for g in groups:
         name = g.activation.name or ""
         st = stats[name]
         w = group_weight(g)
+        modes = _modes(per_token, g.activation)
         best: dict[bool, tuple[float, float | None, np.ndarray | None]] = {}
         for pt in modes:
             for alpha in (None, *alphas):
@@ -155,6 +159,28 @@ def _choose_alphas(
             tokens.add(name)
         del w
     return error, chosen, factors, tokens
+
+
+def _modes(per_token: str, activation: ir.Value) -> tuple[bool, ...]:
+    """The activation scalings a group's search tries: per tensor (False), per token (True)."""
+    if per_token == "ffn":
+        return (after_activation(activation),)
+    return {"none": (False,), "all": (True,), "auto": (False, True)}[per_token]
+
+
+def after_activation(value: ir.Value, depth: int = 2) -> bool:
+    """Whether `value` is an FFN nonlinearity's output: made by one of ACTIVATION_OPS, or by a
+    Mul (a gated unit, SiLU = x * sigmoid(x)) of such a value, within `depth` Muls."""
+    node = value.producer()
+    if node is None:
+        return False
+    if node.op_type in ACTIVATION_OPS:
+        return True
+    return (
+        depth > 0
+        and node.op_type == "Mul"
+        and any(v is not None and after_activation(v, depth - 1) for v in node.inputs)
+    )
 
 
 def _try(

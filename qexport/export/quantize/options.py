@@ -40,8 +40,10 @@ class QuantOptions:
     accuracy_level: int | None = None  # None: 4 on CPU, unset (0) for CUDA
     calibration: str | Path | None = None  # a text per line; None: qexport.texts.BUILTIN_TEXTS
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9)  # SmoothQuant strengths tried per group
-    # int8-dynamic: activations scaled per token: none, auto, all (all: MiniLM held-out min cosine
-    # 0.9957 with SmoothQuant, 0.9609 per tensor; docs/benchmarks.md, issue 28)
+    # int8-dynamic: activations scaled per token: none, auto, ffn, all (all: MiniLM held-out min
+    # cosine 0.9957 with SmoothQuant, 0.9609 per tensor; ffn, the FFN output projection only:
+    # MiniLM 0.9958 at 1.13x all's speed, Qwen3 shape 0.99898 vs all's 0.99932 against PyTorch;
+    # docs/benchmarks.md, issue 28)
     per_token: str = "all"
     min_cosine: float | None = None  # embed: None: BARS[precision]
     max_logodds_diff: float | None = None  # rerank: None: LOGODDS_BARS[precision]
