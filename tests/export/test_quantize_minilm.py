@@ -23,12 +23,18 @@ from tests.conftest import SHARED, cosines, need_shared
 def quantized(tmp_path_factory, minilm_dir):  # type: ignore[no-untyped-def]
     made: dict[str, Path] = {}
 
-    def get(precision: str) -> Path:
-        if precision not in made:
+    def get(variant: str) -> Path:
+        """`variant`: a precision, or int8-dynamic:MODE (QuantOptions.per_token)."""
+        from qexport.export.quantize import QuantOptions
+
+        if variant not in made:
+            precision, _, per_token = variant.partition(":")
+            quant = QuantOptions(per_token=per_token) if per_token else QuantOptions()
             out = tmp_path_factory.mktemp("minilm") / precision
-            export_onnx(str(minilm_dir), out, ExportOptions(precision=precision, progress=False))
-            made[precision] = out
-        return made[precision]
+            opts = ExportOptions(precision=precision, progress=False, quant=quant)
+            export_onnx(str(minilm_dir), out, opts)
+            made[variant] = out
+        return made[variant]
 
     return get
 
@@ -95,12 +101,14 @@ def test_held_out_texts_are_not_calibration_texts(held_out):
     assert not set(held_out) & set(BUILTIN_TEXTS)
 
 
-def test_minilm_int8_dynamic_holds_its_bar_held_out(quantized, minilm_artifact, held_out):
+@pytest.mark.parametrize("variant", ["int8-dynamic", "int8-dynamic:ffn"])
+def test_minilm_int8_dynamic_holds_its_bar_held_out(quantized, minilm_artifact, held_out, variant):
     """int8-dynamic (calibrated on the built-in texts only) against the fp32 artifact on
-    held-out STS-B sentences and SciFact documents, in Embedder.embed's default batches."""
+    held-out STS-B sentences and SciFact documents, in Embedder.embed's default batches: per
+    token everywhere (the default) and on the FFN output projections only (ffn)."""
     import json
 
-    path = quantized("int8-dynamic")
+    path = quantized(variant)
     record = json.loads((path / "qexport.json").read_text())["quantization"]
     assert record["matmuls_quantized"] == 24 - len(record["float_projections"])
     cos = cosines(Embedder(path, device="cpu").embed(held_out),
