@@ -219,8 +219,9 @@ class TextEncoder:
             groups = _groups(texts, nbytes, self.clip_chars)
         total = 0
         for group in groups:
+            done = len(out.ids)
             self._encode_into(out, [texts[i] for i in group])
-            total = sum(map(len, out.ids))
+            total += sum(map(len, out.ids[done:]))
             if max_tokens is not None and total > max_tokens:
                 raise TokenLimitError(total, max_tokens, name)
         out.clipped = sum(len(t) > self.clip_chars for t in texts)
