@@ -33,6 +33,7 @@ from .quantize import (
     verify_quantized,
 )
 from .quantize.calibration import Rows, load_texts
+from .quantize.options import make_plan
 from .source import ModelSource, resolve
 from .tokenizer_files import build_byte_tokenizer, copy_tokenizer
 
@@ -113,8 +114,8 @@ def check_options(task: Task, opts: ExportOptions) -> None:
                          f"not {opts.precision!r}")  # fmt: skip
     if opts.token_embeddings and task.row_shape != "dim":
         raise ValueError(f"--token-embeddings is not available with --task {task.name}")
-    if opts.precision in QUANT_PRECISIONS:
-        base_precision(opts.precision, opts.device)  # fail fast on int8-dynamic + cuda
+    if opts.precision in QUANT_PRECISIONS:  # fail fast: int8-dynamic + cuda, bad options
+        make_plan(opts.precision, opts.device, opts.quant, task)
 
 
 def build_model(

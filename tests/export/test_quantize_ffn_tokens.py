@@ -53,3 +53,23 @@ def test_ffn_mode_export_records_and_scales_only_those(tmp_path):
     assert q["matmuls_quantized"] > len(per_token)  # the rest is quantized, per tensor
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     assert sum(n.op_type == "ReduceMax" for n in graph.node) == len(per_token)
+
+
+def test_unknown_per_token_mode_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A bad QuantOptions.per_token is refused by the option check, before the checkpoint is
+    resolved or a graph built, and leaves no output folder."""
+    import qexport.export.api as api
+
+    def never(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("resolved a checkpoint for options that were never valid")
+
+    monkeypatch.setattr(api, "resolve", never)
+    out = tmp_path / "bad"
+    opts = ExportOptions(
+        precision="int8-dynamic", progress=False, quant=QuantOptions(per_token="some")
+    )
+    with pytest.raises(
+        ValueError, match="per_token must be one of none, auto, ffn, all, got 'some'"
+    ):
+        export_onnx("random:qwen3-tiny", out, opts)
+    assert not out.exists()

@@ -42,7 +42,6 @@ log = logging.getLogger("qexport")
 
 # fractions of the smoothed projection groups left in float, tried in order
 FLOAT_FRACTIONS = (0.0, 0.1, 0.25, 0.35, 0.5)
-PER_TOKEN_MODES = ("none", "auto", "ffn", "all")
 # per_token "ffn": per token only where the activation is the FFN's nonlinearity (its output
 # projection's input: GELU in BERT, the gated SiLU / GELU product in Qwen3 and Gemma3), found
 # in the float graph by these producers; per tensor elsewhere (docs/benchmarks.md, issue 28)
@@ -72,8 +71,6 @@ def quantize_dynamic(
     groups = group_targets(matmul_targets(model.graph))
     capture = [g.activation for g in groups]
     texts.reference, stats = float_run(model, scratch, texts, capture, xtx=method == "gptq")
-    if per_token not in PER_TOKEN_MODES:
-        raise ValueError(f"per_token must be one of {', '.join(PER_TOKEN_MODES)}: {per_token!r}")
     error, chosen, factors, tokens = _choose_alphas(groups, stats, alphas, per_token)
     rounding = _Rounding(stats, factors, damp) if method == "gptq" else None
     ranked = sorted(error, key=error.__getitem__, reverse=True)

@@ -26,6 +26,8 @@ DEFAULT_SYMMETRIC = {"int8": True, "int4": False}
 # int4's int8 widening it measured no better held out (MiniLM block 32 min cosine 0.967 off,
 # 0.964 all; Gemma3 shape 0.970 off, 0.962 fold; docs/benchmarks.md, issue 28 int4)
 AWQ_MODES = ("off", "fold", "all")
+# int8-dynamic's activation scales (QuantOptions.per_token; dynamic_search.py)
+PER_TOKEN_MODES = ("none", "auto", "ffn", "all")
 DEFAULT_AWQ = {"int4": "off"}
 CPU_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits (AVX512-VNNI / AVX-VNNI kernels)
 DEVICES = ("cpu", "cuda")
@@ -119,6 +121,10 @@ def make_plan(precision: str, device: str, opts: QuantOptions, task: Task = EMBE
 
 def _awq(precision: str, method: str, opts: QuantOptions) -> str:
     """The AWQ mode: the option or the precision's default with GPTQ; only with GPTQ weights."""
+    if opts.per_token not in PER_TOKEN_MODES:
+        raise ValueError(
+            f"per_token must be one of {', '.join(PER_TOKEN_MODES)}, got {opts.per_token!r}"
+        )
     if opts.awq is not None and opts.awq not in AWQ_MODES:
         raise ValueError(f"awq must be one of {', '.join(AWQ_MODES)}, got {opts.awq!r}")
     if method != "gptq" or precision not in BITS:
