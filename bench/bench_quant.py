@@ -57,7 +57,7 @@ def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
         method=flags.get("--method"),
         symmetric=None if zero_points is None else zero_points == "symmetric",
         min_cosine=float(flags["--min-cosine"]) if "--min-cosine" in flags else None,
-        per_token=ACTIVATION_SCALES[flags.get("--activation-scales", "per-token")],
+        per_token=ACTIVATION_SCALES.get(flags.get("--activation-scales", "")),
     )
 
 

@@ -154,6 +154,7 @@ def test_int8_dynamic_activation_scales(tmp_path):
         reduce_max[scales] = sum(n.op_type == "ReduceMax" for n in graph.node)
     quantized = records["per-token"]["matmuls_quantized"]
     assert quantized > 0 and len(records["per-token"]["per_token_projections"]) > 0
+    assert records["per-token"]["per_token"] == "all"  # no flag: Qwen3's default
     assert reduce_max["per-token"] > 0  # one per scaled input (q, k, v share theirs)
     assert records["per-tensor"]["per_token_projections"] == [] and reduce_max["per-tensor"] == 0
     # ffn: the FFN output projections only (tests/export/test_quantize_ffn_tokens.py)

@@ -94,9 +94,10 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--activation-scales",
         default=None,
         choices=tuple(ACTIVATION_SCALES),
-        help="int8-dynamic: one activation scale per token (default; MiniLM held-out min "
-        "cosine 0.9957) or per tensor (faster, 0.9609 there), per token on the FFN's output "
-        "projection only (ffn), or per token only where the calibration says it pays (auto)",
+        help="int8-dynamic: one activation scale per token on every projection (per-token), "
+        "per tensor (fastest, MiniLM held-out min cosine 0.9609), per token on the FFN's "
+        "output projection only (ffn), or per token only where the calibration says it pays "
+        "(auto); default: ffn for BERT, per-token for the other families",
     )
     q.add_argument(
         "--min-cosine",
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             symmetric=None if args.zero_points is None else args.zero_points == "symmetric",
             min_cosine=args.min_cosine,
             max_logodds_diff=args.max_logodds_diff,
-            per_token=ACTIVATION_SCALES[args.activation_scales or "per-token"],
+            per_token=ACTIVATION_SCALES.get(args.activation_scales or ""),
         ),
     )
     manifest = export_onnx(args.model, args.output, opts)

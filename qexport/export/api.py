@@ -8,7 +8,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx_ir as ir
@@ -172,7 +172,7 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
             with _step(opts, "quantize"):
                 quant = quantize_model(graph, opts.precision, rows, tmp, task=task,
                                        source=_rows_source(opts.quant), device=opts.device,
-                                       options=opts.quant)  # fmt: skip
+                                       options=_family_quant(src, opts.quant))  # fmt: skip
             weight_bytes = quant.weight_bytes
         with _step(opts, "write weights"):
             save_graph(graph, tmp, weight_bytes, progress=opts.progress)
@@ -184,6 +184,13 @@ def export_onnx(model: str, out: str | Path, opts: ExportOptions | None = None) 
         manifest.quantization = quant.info if quant is not None else None
         finish_manifest(manifest, tmp)
     return manifest
+
+
+def _family_quant(src: ModelSource, q: QuantOptions) -> QuantOptions:
+    """The options with the family's defaults where they name none (FamilySpec)."""
+    if q.per_token is None:
+        q = replace(q, per_token=SPECS[src.family].int8_dynamic_per_token)
+    return q
 
 
 def _max_length(src: ModelSource, task: Task, requested: int | None) -> int:

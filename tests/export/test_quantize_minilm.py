@@ -101,15 +101,17 @@ def test_held_out_texts_are_not_calibration_texts(held_out):
     assert not set(held_out) & set(BUILTIN_TEXTS)
 
 
-@pytest.mark.parametrize("variant", ["int8-dynamic", "int8-dynamic:ffn"])
+@pytest.mark.parametrize("variant", ["int8-dynamic", "int8-dynamic:all"])
 def test_minilm_int8_dynamic_holds_its_bar_held_out(quantized, minilm_artifact, held_out, variant):
     """int8-dynamic (calibrated on the built-in texts only) against the fp32 artifact on
-    held-out STS-B sentences and SciFact documents, in Embedder.embed's default batches: per
-    token everywhere (the default) and on the FFN output projections only (ffn)."""
+    held-out STS-B sentences and SciFact documents, in Embedder.embed's default batches: BERT's
+    default (per token on the FFN output projections only: FamilySpec.int8_dynamic_per_token)
+    and per token everywhere (all)."""
     import json
 
     path = quantized(variant)
     record = json.loads((path / "qexport.json").read_text())["quantization"]
+    assert record["per_token"] == (variant.partition(":")[2] or "ffn")
     assert record["matmuls_quantized"] == 24 - len(record["float_projections"])
     cos = cosines(Embedder(path, device="cpu").embed(held_out),
                   Embedder(minilm_artifact, device="cpu").embed(held_out))  # fmt: skip

@@ -40,6 +40,9 @@ class FamilySpec:
     reference: str = ST_PIPELINE  # or LAST_TOKEN_CARD
     # config `architectures` of the checkpoints --task rerank exports; empty: no reranker
     rerank_architectures: tuple[str, ...] = ()
+    # int8-dynamic's per-token activation scales (QuantOptions.per_token) when the export names
+    # none; None: the quantizer's default (per token on every projection)
+    int8_dynamic_per_token: str | None = None
 
     def allowed_dims(self, hidden: int) -> list[int]:
         return sorted({d for d in self.matryoshka_dims if d <= hidden} | {hidden})

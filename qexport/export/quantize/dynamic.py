@@ -2,8 +2,9 @@
 `com.microsoft.DynamicQuantizeMatMul` (activations quantized per tensor to uint8 at run time,
 weights int8 symmetric per output channel, the layout `quantize_dynamic(per_channel=True)`
 produces after onnxruntime's fusion). onnxruntime has CPU kernels only for it. Per-token
-activation scaling (`_per_token_input`) divides each token by its |max| before the node and
-multiplies the output back, so the per-tensor range is the same [-1, 1] for every token.
+activation scaling (`_per_token_input`) divides each token by its |max| (its max, where the
+activation is bounded below, as GELU's output) before the node and multiplies the output back,
+so the per-tensor range is the same [-1, 1] for every token.
 Weights are rounded to nearest, or by GPTQ per channel (dynamic_gptq.py, opt-in).
 
 Weights are `ir.LazyTensor`s quantized when written, with onnxruntime.quantization's
@@ -26,6 +27,9 @@ from .targets import Target, drop_initializer, replace_node
 
 # per target name: the HessianFactor of what it reads (GPTQ rounding), made when written
 Hessians = Mapping[str, Callable[[], HessianFactor]]
+# per target name scaled per token: None (r = max |X| per token), or the magnitude m of the
+# activation's lower bound (X >= -m everywhere, as GELU's output: r = max(max X, m), no Abs)
+PerToken = Mapping[str, float | None]
 
 
 def quantize_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +71,13 @@ def apply_dynamic_int8(
     model: ir.Model,
     targets: Iterable[Target],
     hessians: Hessians | None = None,
-    per_token: frozenset[str] = frozenset(),
+    per_token: PerToken | None = None,
 ) -> dict[str, Any]:
     """Replace each target MatMul by DynamicQuantizeMatMul (in place); weights rounded to
     nearest, or by GPTQ (dynamic_gptq.py) for the targets in `hessians`; the activations of
     the targets named in `per_token` scaled per token first (`_per_token_input`)."""
     graph = model.graph
+    per_token = per_token or {}
     count = 0
     shared: dict[int, tuple[ir.Value, ir.Value]] = {}  # per activation: (X / r, r)
     for t in targets:
@@ -96,7 +101,7 @@ def apply_dynamic_int8(
         x, r = t.activation, None
         if t.name in per_token:
             if id(x) not in shared:
-                shared[id(x)] = _per_token_input(graph, t)
+                shared[id(x)] = _per_token_input(graph, t, per_token[t.name])
             x, r = shared[id(x)]
         name = (t.node.name or t.name) + "_dynq"
         node = ir.Node(MS_DOMAIN, "DynamicQuantizeMatMul", [x, wq_v, scale_v], name=name)
@@ -117,30 +122,38 @@ def apply_dynamic_int8(
 PER_TOKEN_FLOOR = 1e-12
 
 
-def _per_token_input(graph: ir.Graph, t: Target) -> tuple[ir.Value, ir.Value]:
+def _per_token_input(graph: ir.Graph, t: Target, bound: float | None) -> tuple[ir.Value, ir.Value]:
     """r = max(max_k |X[.., k]|, floor) per token and X / r, inserted before t's MatMul: the
     run-time per-tensor uint8 range of X / r is [-1, 1], so every token gets the full 8 bits
-    (per-token activation scaling from per-tensor DynamicQuantizeMatMul)."""
+    (per-token activation scaling from per-tensor DynamicQuantizeMatMul). Where X >= -bound
+    everywhere (`bound` not None, as GELU's output), r = max(max_k X, bound): the same r
+    wherever a token's max exceeds the bound, without the Abs pass. Any r > 0 is exact in
+    float; r only sets how finely the token is rounded."""
     x = t.activation
     base = f"{x.name}_pt"
     axes = ir.Value(
         name=f"{base}_axes", const_value=ir.tensor(np.array([-1], np.int64), name=f"{base}_axes")
     )
+    floor_value = PER_TOKEN_FLOOR if bound is None else max(bound, PER_TOKEN_FLOOR)
     floor = ir.Value(
         name=f"{base}_floor",
-        const_value=ir.tensor(np.array(PER_TOKEN_FLOOR, np.float32), name=f"{base}_floor"),
+        const_value=ir.tensor(np.array(floor_value, np.float32), name=f"{base}_floor"),
     )
     for v in (axes, floor):
         graph.register_initializer(v)
-    absx = ir.Node("", "Abs", [x], name=f"{base}_abs")
+    nodes = []
+    source = x
+    if bound is None:
+        nodes.append(ir.Node("", "Abs", [x], name=f"{base}_abs"))
+        source = nodes[-1].outputs[0]
     rmax = ir.Node(
         "",
         "ReduceMax",
-        [absx.outputs[0], axes],
+        [source, axes],
         attributes=[ir.AttrInt64("keepdims", 1)],
         name=f"{base}_max",
     )
     r = ir.Node("", "Max", [rmax.outputs[0], floor], name=f"{base}_r")
     div = ir.Node("", "Div", [x, r.outputs[0]], name=f"{base}_div")
-    graph.insert_before(t.node, [absx, rmax, r, div])
+    graph.insert_before(t.node, [*nodes, rmax, r, div])
     return div.outputs[0], r.outputs[0]

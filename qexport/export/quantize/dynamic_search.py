@@ -2,7 +2,9 @@
 (smoothquant.py), then DynamicQuantizeMatMul (dynamic.py) with the activations scaled per
 token (by default on every projection: per tensor alone loses 0.035 of held-out min cosine
 on MiniLM, docs/benchmarks.md "Fast int8 on real weights"); the projection groups that still
-hurt most are left in float until the check texts hold the bar, else the export is refused."""
+hurt most are left in float until the check texts hold the bar, else the export is refused.
+The attention context (an attention op's output) is never smoothed: its explicit Mul fits the
+calibration texts and costs held-out fidelity (docs/benchmarks.md, issue 28)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,13 @@ FLOAT_FRACTIONS = (0.0, 0.1, 0.25, 0.35, 0.5)
 # projection's input: GELU in BERT, the gated SiLU / GELU product in Qwen3 and Gemma3), found
 # in the float graph by these producers; per tensor elsewhere (docs/benchmarks.md, issue 28)
 ACTIVATION_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "Sigmoid", "Relu", "Tanh"})
+# the magnitude of the lowest value these produce (GELU's exact min -0.16997, its tanh form's
+# -0.17004): their per-token scale is max X with this floor, no Abs (dynamic._per_token_input)
+LOWER_BOUNDS = {"Gelu": 0.171, "BiasGelu": 0.171, "FastGelu": 0.171, "Sigmoid": 0.0, "Relu": 0.0}
+# producers of the attention context: its projection (attention.output / o_proj) is not
+# smoothed (MiniLM held-out min 0.99583 -> 0.99616 with per token on the FFN output only,
+# 0.99569 -> 0.99588 per token everywhere; docs/benchmarks.md, issue 28)
+ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention", "Attention"})
 # per_token "auto": a group's activations are scaled per token (4 element-wise ops around its
 # DynamicQuantizeMatMul) only where that cuts its simulated error below this x per tensor
 PER_TOKEN_GAIN = 0.7
@@ -100,7 +109,9 @@ def quantize_dynamic(
                 "rounding": "gptq" if rounding else "rtn",
                 **({"damp": damp} if rounding else {}),
                 "activations": "uint8 quantized at run time: per token on the "
-                "per_token_projections (X / max|X| per token), else per tensor",
+                "per_token_projections (X / max|X| per token; X / max X where X is bounded "
+                "below, as GELU's output), else per tensor",
+                "per_token": per_token,
                 "smoothquant": {
                     "alphas_tried": [None, *alphas],
                     "alpha_per_group": {k: chosen[k] for k in error},
@@ -143,9 +154,11 @@ def _choose_alphas(
         st = stats[name]
         w = group_weight(g)
         modes = _modes(per_token, g.activation)
+        producer = g.activation.producer()
+        tried = (None,) if producer is not None and producer.op_type in ATTENTION_OPS else alphas
         best: dict[bool, tuple[float, float | None, np.ndarray | None]] = {}
         for pt in modes:
-            for alpha in (None, *alphas):
+            for alpha in (None, *tried):
                 s = None if alpha is None else smoothing_factors(w, st.absmax, alpha)
                 err = simulated_error(st.sample, w, st.lo, st.hi, s, pt)  # type: ignore[arg-type]
                 if pt not in best or err < best[pt][0]:
@@ -178,6 +191,15 @@ def after_activation(value: ir.Value, depth: int = 2) -> bool:
         and node.op_type == "Mul"
         and any(v is not None and after_activation(v, depth - 1) for v in node.inputs)
     )
+
+
+def lower_bound(value: ir.Value, s: np.ndarray | None) -> float | None:
+    """The magnitude m with value / s >= -m everywhere when `value` is made by one of
+    LOWER_BOUNDS' ops (s: its smoothing factors, or None), else None."""
+    node = value.producer()
+    if node is None or node.op_type not in LOWER_BOUNDS:
+        return None
+    return LOWER_BOUNDS[node.op_type] / (1.0 if s is None else float(s.min()))
 
 
 def _try(
@@ -226,7 +248,7 @@ class _How:
 def _dynamic_candidate(model: ir.Model, how: _How, keep_float: set[str]) -> dict[str, Any]:
     factors, rounding = how.factors, how.rounding
     targets = matmul_targets(model.graph)
-    tokens: set[str] = set()
+    tokens: dict[str, float | None] = {}
     folded = {"norm": 0, "producer": 0, "mul": 0}  # where the smoothing division went
     quantize: list[Target] = []
     hessians: dict[str, Callable[[], HessianFactor]] = {}
@@ -236,15 +258,16 @@ def _dynamic_candidate(model: ir.Model, how: _How, keep_float: set[str]) -> dict
             kept.extend(t.name for t in g.targets)
             continue
         s = factors[g.activation.name]
+        if g.activation.name in how.per_token:
+            bound = lower_bound(g.activation, s)
+            tokens.update((t.name, bound) for t in g.targets)
         if s is not None:
             folded[apply_smoothing(model.graph, g, s, targets)] += 1
         quantize.extend(g.targets)
-        if g.activation.name in how.per_token:
-            tokens.update(t.name for t in g.targets)
         if rounding is not None:
             make = rounding.factor(g.activation.name or "")
             hessians.update((t.name, make) for t in g.targets)
-    apply_dynamic_int8(model, quantize, hessians, frozenset(tokens))
+    apply_dynamic_int8(model, quantize, hessians, tokens)
     return {"folded": folded, "matmuls_quantized": len(quantize), "float_projections": kept,
             "per_token_projections": sorted(tokens)}  # fmt: skip
 

@@ -28,6 +28,8 @@ DEFAULT_SYMMETRIC = {"int8": True, "int4": False}
 AWQ_MODES = ("off", "fold", "all")
 # int8-dynamic's activation scales (QuantOptions.per_token; dynamic_search.py)
 PER_TOKEN_MODES = ("none", "auto", "ffn", "all")
+# where neither the option nor the family (FamilySpec.int8_dynamic_per_token) names one
+DEFAULT_PER_TOKEN = "all"
 DEFAULT_AWQ = {"int4": "off"}
 CPU_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits (AVX512-VNNI / AVX-VNNI kernels)
 DEVICES = ("cpu", "cuda")
@@ -45,8 +47,9 @@ class QuantOptions:
     # int8-dynamic: activations scaled per token: none, auto, ffn, all (all: MiniLM held-out min
     # cosine 0.9957 with SmoothQuant, 0.9609 per tensor; ffn, the FFN output projection only:
     # MiniLM 0.9958 at 1.13x all's speed, Qwen3 shape 0.99898 vs all's 0.99932 against PyTorch;
-    # docs/benchmarks.md, issue 28)
-    per_token: str = "all"
+    # docs/benchmarks.md, issue 28); None: the family's (FamilySpec.int8_dynamic_per_token),
+    # else DEFAULT_PER_TOKEN
+    per_token: str | None = None
     min_cosine: float | None = None  # embed: None: BARS[precision]
     max_logodds_diff: float | None = None  # rerank: None: LOGODDS_BARS[precision]
     check: bool = True  # run the check texts (int8-dynamic always calibrates)
@@ -121,7 +124,7 @@ def make_plan(precision: str, device: str, opts: QuantOptions, task: Task = EMBE
 
 def _awq(precision: str, method: str, opts: QuantOptions) -> str:
     """The AWQ mode: the option or the precision's default with GPTQ; only with GPTQ weights."""
-    if opts.per_token not in PER_TOKEN_MODES:
+    if opts.per_token is not None and opts.per_token not in PER_TOKEN_MODES:
         raise ValueError(
             f"per_token must be one of {', '.join(PER_TOKEN_MODES)}, got {opts.per_token!r}"
         )

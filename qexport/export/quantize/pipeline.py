@@ -10,7 +10,7 @@ from ...tasks import EMBED, Task
 from .calibration import Rows, scratch_folder
 from .check import CheckTexts, Quantized, initializer_bytes
 from .dynamic_search import quantize_dynamic
-from .options import QuantOptions, make_plan, nbits_settings
+from .options import DEFAULT_PER_TOKEN, QuantOptions, make_plan, nbits_settings
 from .weight_only import quantize_weight_only
 
 UNQUANTIZED = {
@@ -50,7 +50,13 @@ def quantize_model(
         else:
             quant.info.update(
                 quantize_dynamic(
-                    model, scratch, quant, opts.alphas, plan.method, plan.damp, opts.per_token
+                    model,
+                    scratch,
+                    quant,
+                    opts.alphas,
+                    plan.method,
+                    plan.damp,
+                    opts.per_token or DEFAULT_PER_TOKEN,
                 )
             )
     quant.info["unquantized"] = UNQUANTIZED[task.name]
