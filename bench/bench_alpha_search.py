@@ -54,7 +54,7 @@ class Bench:
         cal_rows = write_tokenizer(src, folder, 256, rows=True)
         assert cal_rows is not None
         held = held_out_texts(DATA)
-        held_rows = Rows.from_texts(TextEncoder(folder, 256), held)
+        held_rows = Rows.from_texts(TextEncoder(folder, 256, None), held)
         self.cal = CheckTexts(cal_rows, EMBED.output, "cpu", "fp32")
         self.held = CheckTexts(held_rows, EMBED.output, "cpu", "fp32")
         groups = group_targets(matmul_targets(self.model.graph))

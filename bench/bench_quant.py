@@ -35,14 +35,15 @@ VARIANTS = [  # (label, precision, extra CLI args); defaults: block 32, accuracy
         "int4",
         ["--method", "rtn", "--zero-points", "symmetric", "--min-cosine", "0.5"],
     ),
-    ("int8-dynamic", "int8-dynamic", []),
+    ("int8-dynamic", "int8-dynamic", []),  # the family's default activation scales
+    ("int8-dynamic (per-token)", "int8-dynamic", ["--activation-scales", "per-token"]),
     ("int8-dynamic (per-tensor)", "int8-dynamic", ["--activation-scales", "per-tensor"]),
     ("int8-dynamic (ffn)", "int8-dynamic", ["--activation-scales", "ffn"]),
     # the peer row: onnxruntime's stock quantize_dynamic(per_channel=True, QInt8) applied to
     # qexport's fp32 artifact (what sentence-transformers' / optimum's int8 ONNX export gives)
     ("onnxruntime quantize_dynamic per-channel (peer)", "ort-peer", []),
 ]
-QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic", "int8-dynamic (per-tensor)", "int8-dynamic (ffn)", "onnxruntime quantize_dynamic per-channel (peer)")  # fmt: skip
+QWEN3_VARIANTS = ("fp32", "int8 (default: rtn, b32)", "int8 (rtn, b128)", "int4 (default: gptq, asym, b32)", "int4 (rtn, sym, b32)", "int8-dynamic", "int8-dynamic (per-token)", "int8-dynamic (per-tensor)", "int8-dynamic (ffn)", "onnxruntime quantize_dynamic per-channel (peer)")  # fmt: skip
 
 
 def quant_options(extra: list[str]):  # type: ignore[no-untyped-def]
