@@ -45,8 +45,8 @@ class QuantOptions:
     calibration: str | Path | None = None  # a text per line; None: qexport.texts.BUILTIN_TEXTS
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9)  # SmoothQuant strengths tried per group
     # int8-dynamic: activations scaled per token: none, auto, ffn, all (all: MiniLM held-out min
-    # cosine 0.9957 with SmoothQuant, 0.9609 per tensor; ffn, the FFN output projection only:
-    # MiniLM 0.9958 at 1.13x all's speed, Qwen3 shape 0.99898 vs all's 0.99932 against PyTorch;
+    # cosine 0.9959 with SmoothQuant, 0.9834 per tensor; ffn, the FFN output projection only:
+    # MiniLM 0.9962 at 1.13x all's speed, Qwen3 shape 0.99900 vs all's 0.99929 against PyTorch;
     # docs/benchmarks.md, issue 28); None: the family's (FamilySpec.int8_dynamic_per_token),
     # else DEFAULT_PER_TOKEN
     per_token: str | None = None
