@@ -1,8 +1,9 @@
 """int8-dynamic (CPU only): SmoothQuant scale migration from the calibration activations
 (smoothquant.py), then DynamicQuantizeMatMul (dynamic.py) with the activations scaled per
-token (by default on every projection: per tensor alone loses 0.035 of held-out min cosine
-on MiniLM, docs/benchmarks.md "Fast int8 on real weights"); the projection groups that still
-hurt most are left in float until the check texts hold the bar, else the export is refused.
+token (on every projection unless the family or the option says "ffn": per tensor alone
+loses held-out min cosine on MiniLM, docs/benchmarks.md "Fast int8 on real weights"); the
+projection groups that still hurt most are left in float until the check texts hold the bar,
+else the export is refused.
 The attention context (an attention op's output) is never smoothed: its explicit Mul fits the
 calibration texts and costs held-out fidelity (docs/benchmarks.md, issue 28)."""
 
@@ -155,7 +156,7 @@ def _choose_alphas(
         w = group_weight(g)
         modes = _modes(per_token, g.activation)
         producer = g.activation.producer()
-        tried = (None,) if producer is not None and producer.op_type in ATTENTION_OPS else alphas
+        tried = () if producer is not None and producer.op_type in ATTENTION_OPS else alphas
         best: dict[bool, tuple[float, float | None, np.ndarray | None]] = {}
         for pt in modes:
             for alpha in (None, *tried):
