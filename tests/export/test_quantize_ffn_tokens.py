@@ -157,3 +157,14 @@ def test_attention_context_is_not_smoothed(minilm_dir, tmp_path):
         if "attention.output" in name or re.search(r"layer\.\d+\.output\.dense", name):
             assert alpha is None, name
     assert sum(a is not None for a in alphas.values()) == q["smoothquant"]["folded"]["mul"] > 0
+
+
+def test_every_family_default_activation_scale_is_a_known_mode():
+    """Every family's int8_dynamic_per_token is None or one of PER_TOKEN_MODES
+    (a typo in a spec would otherwise surface only at the end of a calibration run)."""
+    from qexport.export.families import SPECS
+    from qexport.export.quantize.options import PER_TOKEN_MODES
+
+    for spec in SPECS.values():
+        assert spec.int8_dynamic_per_token in (None, *PER_TOKEN_MODES), spec.name
+    assert SPECS["bert"].int8_dynamic_per_token == "ffn"
